@@ -1,0 +1,4 @@
+//! Device adapters: the only code that talks to devices. Each turns its protocol into node
+//! messages for the hub and carries out the writes the hub routes to it.
+
+pub mod ws_node;

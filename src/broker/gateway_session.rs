@@ -1,0 +1,65 @@
+//! One gateway connected on `/gw`: its messages go into the hub as a source; the hub's
+//! requests for it (clients' hellos and writes) go out to it. When it goes, its nodes go `out`.
+
+use std::net::SocketAddr;
+
+use axum::extract::ws::{Message, WebSocket};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Hub, SourceCommand};
+use crate::proto::broker::{BrokerRequest, NodeMessage};
+use crate::web::socket::{self, Ending, WsLimits};
+
+pub async fn run(
+    mut socket: WebSocket,
+    hub: Hub,
+    limits: WsLimits,
+    shutdown: CancellationToken,
+    peer: SocketAddr,
+) {
+    let (commands, mut requests) = mpsc::channel(limits.peer_queue);
+    let Some(source) = hub.register(format!("gateway {peer}"), commands).await else {
+        return;
+    };
+    tracing::info!(%peer, "gateway connected");
+    let ending = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break Ending::Shutdown,
+            incoming = socket.recv() => {
+                let text = match incoming {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Binary(_))) => {
+                        break Ending::Invalid("Invalid message: binary frames are not supported".into())
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(_))) | None => break Ending::PeerGone,
+                    Some(Err(error)) => break Ending::from_receive_error(error),
+                };
+                match NodeMessage::parse(&text) {
+                    Ok(NodeMessage::Alive) => tracing::trace!(%peer, "gateway keep-alive"),
+                    Ok(message) => source.send(message).await,
+                    Err(why) => break Ending::Invalid(format!("{why}.")),
+                }
+            }
+            Some(command) = requests.recv() => {
+                let request = match command {
+                    SourceCommand::ClientHello { client } => BrokerRequest::ClientHello { src: client },
+                    SourceCommand::Write { write, src } => BrokerRequest::Write { write, src },
+                };
+                let text = socket::text(bytes::Bytes::from(request.to_json()));
+                if let Err(ending) = socket::send_batch(&mut socket, socket::texts([text]), limits.send_timeout).await {
+                    break ending;
+                }
+            }
+        }
+    };
+    match &ending {
+        Ending::Invalid(why) => tracing::warn!(%peer, "gateway closed: {why}"),
+        Ending::TooBig => tracing::warn!(%peer, "gateway closed: frame too big"),
+        Ending::Stalled => tracing::warn!(%peer, "gateway dropped: not reading its messages"),
+        Ending::PeerGone | Ending::Shutdown => tracing::info!(%peer, "gateway disconnected"),
+    }
+    source.close().await;
+    socket::finish(&mut socket, &ending, &limits).await;
+}

@@ -1,0 +1,150 @@
+//! The command line. pyaiot's flag names (`--broker-host`, `--broker-port`, `--key-file`,
+//! `--gateway-port`, `--web-port`, `--max-time`, `--debug`) keep working; every flag
+//! overrides the same key of the config file.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "aiot", version, about = "Connect constrained IoT devices to the web", propagate_version = true)]
+pub struct Cli {
+    /// TOML config file (see `aiot config default`); flags override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Debug logging (RUST_LOG, when set, wins).
+    #[arg(long, global = true)]
+    pub debug: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The central broker: gateways on /gw, web clients on /ws.
+    Broker(BrokerArgs),
+    /// A gateway: websocket nodes on /node, web clients on /ws, uplink to a broker.
+    Gateway(GatewayArgs),
+    /// Simulated nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// pyaiot-compatible key files.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Print or check configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Broker, gateway and simulated nodes in one process on loopback.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    pub bind: Option<IpAddr>,
+    /// Port for gateways and web clients.
+    #[arg(long)]
+    pub broker_port: Option<u16>,
+    /// The pyaiot key file.
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    pub bind: Option<IpAddr>,
+    /// Port for websocket nodes (/node).
+    #[arg(long)]
+    pub gateway_port: Option<u16>,
+    /// Port for the local dashboard and web clients (/ws).
+    #[arg(long)]
+    pub web_port: Option<u16>,
+    /// The central broker's host; without it (or --broker-url) the gateway runs standalone.
+    #[arg(long)]
+    pub broker_host: Option<String>,
+    /// The central broker's port.
+    #[arg(long)]
+    pub broker_port: Option<u16>,
+    /// The central broker as a URL, e.g. ws://broker:8000/gw.
+    #[arg(long, value_name = "URL")]
+    pub broker_url: Option<String>,
+    /// The pyaiot key file.
+    #[arg(long, value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// Seconds without news before a node is out.
+    #[arg(long, value_name = "SECONDS")]
+    pub max_time: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Websocket nodes connecting to a gateway's /node.
+    Ws(WsNodeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WsNodeArgs {
+    #[arg(long, default_value = "localhost")]
+    pub gateway_host: String,
+    #[arg(long, default_value_t = 8001)]
+    pub gateway_port: u16,
+    /// How many nodes.
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
+    /// Give the nodes an LED (resource `led`, "0"/"1").
+    #[arg(long)]
+    pub led: bool,
+    /// Give the nodes a temperature reading (`23°C`).
+    #[arg(long)]
+    pub temperature: bool,
+    /// Give the nodes a pressure reading (`1002hPa`).
+    #[arg(long)]
+    pub pressure: bool,
+    /// Seconds between readings.
+    #[arg(long, default_value_t = 5.0)]
+    pub interval: f64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Write a new key file (section [keys]: secret and private).
+    Generate {
+        /// Where to write it.
+        #[arg(long, value_name = "PATH")]
+        key_file: Option<PathBuf>,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the default configuration, with comments.
+    Default,
+    /// Check a configuration file: syntax, unknown keys, values.
+    Check { file: PathBuf },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Broker port (gateways and web clients); 0 picks a free one.
+    #[arg(long, default_value_t = 8000)]
+    pub broker_port: u16,
+    /// Gateway port for websocket nodes.
+    #[arg(long, default_value_t = 8001)]
+    pub gateway_port: u16,
+    /// Gateway web port.
+    #[arg(long, default_value_t = 8080)]
+    pub web_port: u16,
+    /// Simulated websocket nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Seconds between readings.
+    #[arg(long, default_value_t = 2.0)]
+    pub interval: f64,
+}

@@ -1,0 +1,286 @@
+//! The configuration: one strict TOML file, defaults in one place (here, and shown in
+//! `config/default.toml`, which a test keeps equal to them), flags applied on top by the CLI.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hub::HubConfig;
+use crate::web::socket::WsLimits;
+
+/// The commented default configuration, as `aiot config default` prints it.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config file {path}: {message}")]
+    Check { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub log: LogConfig,
+    pub keys: KeysConfig,
+    pub broker: BrokerConfig,
+    pub gateway: GatewayConfig,
+    pub uplink: UplinkConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub debug: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeysConfig {
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub bind: IpAddr,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub bind: IpAddr,
+    pub gateway_port: u16,
+    pub web_port: u16,
+    pub max_time: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UplinkConfig {
+    pub broker_host: Option<String>,
+    pub broker_port: u16,
+    pub broker_url: Option<String>,
+    pub keepalive_secs: u64,
+    pub ping_interval_secs: u64,
+    pub connect_timeout_secs: u64,
+    pub backoff_max_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_frame_bytes: usize,
+    pub send_timeout_secs: u64,
+    pub peer_queue: usize,
+    pub max_nodes: usize,
+    pub history_points: usize,
+    pub event_backlog: usize,
+}
+
+const ANY: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            bind: ANY,
+            port: 8000,
+        }
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            bind: ANY,
+            gateway_port: 8001,
+            web_port: 8080,
+            max_time: 120,
+        }
+    }
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        UplinkConfig {
+            broker_host: None,
+            broker_port: 8000,
+            broker_url: None,
+            keepalive_secs: 30,
+            ping_interval_secs: 15,
+            connect_timeout_secs: 10,
+            backoff_max_secs: 30,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        use crate::proto::limits;
+        LimitsConfig {
+            max_frame_bytes: limits::MAX_FRAME_BYTES,
+            send_timeout_secs: limits::SEND_TIMEOUT_SECS,
+            peer_queue: limits::PEER_QUEUE,
+            max_nodes: limits::MAX_NODES,
+            history_points: limits::HISTORY_POINTS,
+            event_backlog: limits::EVENT_BACKLOG,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a config file; errors name the file and, for TOML, the key and line.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config
+            .check()
+            .map_err(|message| ConfigError::Check {
+                path: path.to_owned(),
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// What serde cannot say: values that parse but make no sense.
+    pub fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("limits.max_frame_bytes", self.limits.max_frame_bytes as u64),
+            ("limits.send_timeout_secs", self.limits.send_timeout_secs),
+            ("limits.peer_queue", self.limits.peer_queue as u64),
+            ("limits.max_nodes", self.limits.max_nodes as u64),
+            ("limits.event_backlog", self.limits.event_backlog as u64),
+            ("uplink.keepalive_secs", self.uplink.keepalive_secs),
+            ("uplink.ping_interval_secs", self.uplink.ping_interval_secs),
+            ("uplink.connect_timeout_secs", self.uplink.connect_timeout_secs),
+            ("uplink.backoff_max_secs", self.uplink.backoff_max_secs),
+            ("gateway.max_time", self.gateway.max_time),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("{key} must be greater than 0"));
+        }
+        if self.limits.max_frame_bytes < 1024 {
+            return Err("limits.max_frame_bytes must be at least 1024".into());
+        }
+        if let Some(url) = &self.uplink.broker_url {
+            crate::uplink::Target::parse(url).map_err(|e| format!("uplink.broker_url: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The key file: configured, or pyaiot's default.
+    pub fn key_file(&self) -> PathBuf {
+        match &self.keys.file {
+            Some(path) => expand_home(path),
+            None => crate::keys::default_key_file(),
+        }
+    }
+
+    /// The broker URL the uplink uses, if a broker is configured.
+    pub fn broker_url(&self) -> Option<String> {
+        if let Some(url) = &self.uplink.broker_url {
+            return Some(url.clone());
+        }
+        let host = self.uplink.broker_host.as_ref()?;
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        Some(format!("ws://{host}:{}/gw", self.uplink.broker_port))
+    }
+
+    pub fn ws_limits(&self) -> WsLimits {
+        WsLimits {
+            max_frame_bytes: self.limits.max_frame_bytes,
+            send_timeout: Duration::from_secs(self.limits.send_timeout_secs),
+            peer_queue: self.limits.peer_queue,
+        }
+    }
+
+    pub fn hub(&self) -> HubConfig {
+        HubConfig {
+            max_nodes: self.limits.max_nodes,
+            history_points: self.limits.history_points,
+            event_backlog: self.limits.event_backlog,
+        }
+    }
+}
+
+fn expand_home(path: &Path) -> PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => path.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_default_file_is_the_default() {
+        let parsed: Config = toml::from_str(DEFAULT_TOML).expect("default.toml parses");
+        assert_eq!(parsed, Config::default());
+        assert_eq!(Config::default().check(), Ok(()));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key_and_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("aiot.toml");
+        std::fs::write(&path, "[gateway]\nweb_prot = 80\n").expect("write");
+        let error = Config::load(&path).expect_err("unknown key").to_string();
+        assert!(error.contains("web_prot"), "{error}");
+        assert!(error.contains("aiot.toml"), "{error}");
+        std::fs::write(&path, "[gatway]\n").expect("write");
+        let error = Config::load(&path).expect_err("unknown section").to_string();
+        assert!(error.contains("gatway"), "{error}");
+    }
+
+    #[test]
+    fn nonsense_values_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("aiot.toml");
+        for (text, needle) in [
+            ("[limits]\npeer_queue = 0\n", "limits.peer_queue"),
+            ("[broker]\nport = 70000\n", "port"),
+            ("[broker]\nbind = \"nowhere\"\n", "bind"),
+            ("[uplink]\nbroker_url = \"http://x/gw\"\n", "broker_url"),
+            ("[limits]\nmax_frame_bytes = 10\n", "max_frame_bytes"),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let error = Config::load(&path).expect_err(text).to_string();
+            assert!(error.contains(needle), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn broker_url_from_host_and_port() {
+        let mut config = Config::default();
+        assert_eq!(config.broker_url(), None);
+        config.uplink.broker_host = Some("::1".into());
+        assert_eq!(config.broker_url().as_deref(), Some("ws://[::1]:8000/gw"));
+        config.uplink.broker_host = Some("example.org".into());
+        config.uplink.broker_port = 9000;
+        assert_eq!(config.broker_url().as_deref(), Some("ws://example.org:9000/gw"));
+        config.uplink.broker_url = Some("ws://other/gw".into());
+        assert_eq!(config.broker_url().as_deref(), Some("ws://other/gw"));
+    }
+}

@@ -1,0 +1,554 @@
+//! The hub: one actor that owns the node table, fans node events out to subscribers and
+//! routes clients' writes to the source that owns the node. It does no I/O and never waits on
+//! a subscriber: events go out on a broadcast ring, and a subscriber that falls behind is told
+//! so and resynchronises from a snapshot.
+//!
+//! On a gateway the sources are the device adapters (each websocket node connection is one);
+//! on the broker each connected gateway is one. Subscribers are the `/ws` client endpoints and
+//! the gateway's uplink.
+
+mod table;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::proto::broker::{Dst, NodeMessage, Write};
+pub use table::{NodeState, Point, Refusal, Snapshot, SourceId};
+
+/// A web client's id: pyaiot gives each `/ws` connection a uuid4 and addresses replays to it.
+pub type ClientId = String;
+
+/// What the hub asks of a source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceCommand {
+    /// Write a resource of a node this source owns; `src` is the asking client, if known.
+    Write { write: Write, src: Option<ClientId> },
+    /// A web client connected to the broker: a gateway replays its cache to it.
+    ClientHello { client: ClientId },
+}
+
+/// One event as subscribers receive it: the message, and its JSON text made once for all.
+#[derive(Debug)]
+pub struct Event {
+    pub message: NodeMessage,
+    pub json: Bytes,
+}
+
+impl Event {
+    fn new(message: NodeMessage) -> Arc<Self> {
+        let json = Bytes::from(message.to_json());
+        Arc::new(Event { message, json })
+    }
+
+    /// Whether a client should see this event: broadcasts, and replays addressed to it.
+    pub fn is_for(&self, client: &str) -> bool {
+        match &self.message {
+            NodeMessage::New { dst, .. } | NodeMessage::Update { dst, .. } => match dst {
+                Dst::All => true,
+                Dst::Client(c) => c == client,
+            },
+            _ => true,
+        }
+    }
+}
+
+/// A snapshot, and the live events that follow it with none missed and none repeated.
+pub struct Subscription {
+    pub snapshot: Snapshot,
+    pub events: broadcast::Receiver<Arc<Event>>,
+}
+
+/// Counters the hub keeps, for status lines and metrics.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    pub messages_in: AtomicU64,
+    pub refused: AtomicU64,
+    pub commands_dropped: AtomicU64,
+    pub nodes: AtomicU64,
+}
+
+enum Request {
+    FromSource {
+        source: SourceId,
+        message: NodeMessage,
+    },
+    Register {
+        name: String,
+        commands: mpsc::Sender<SourceCommand>,
+        reply: oneshot::Sender<SourceId>,
+    },
+    Unregister {
+        source: SourceId,
+    },
+    Subscribe {
+        reply: oneshot::Sender<Subscription>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Snapshot>,
+    },
+    History {
+        uid: String,
+        endpoint: String,
+        reply: oneshot::Sender<Option<Vec<Point>>>,
+    },
+    Write {
+        write: Write,
+        src: Option<ClientId>,
+    },
+    ClientHello {
+        client: ClientId,
+    },
+}
+
+/// Settings of one hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub max_nodes: usize,
+    pub history_points: usize,
+    pub event_backlog: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        use crate::proto::limits;
+        HubConfig {
+            max_nodes: limits::MAX_NODES,
+            history_points: limits::HISTORY_POINTS,
+            event_backlog: limits::EVENT_BACKLOG,
+        }
+    }
+}
+
+/// The handle everyone holds; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    requests: mpsc::Sender<Request>,
+    /// Unregistrations from `Drop`, which cannot wait for room in `requests`; rare and at most
+    /// one per source, so unbounded is bounded by the number of sources.
+    dropped_sources: mpsc::UnboundedSender<SourceId>,
+    stats: Arc<HubStats>,
+}
+
+/// Requests waiting for the actor. Sources wait for room here, which is how a burst from
+/// devices is slowed down instead of growing memory.
+const INBOX: usize = 4096;
+/// Requests handled per wake-up, so a busy hub pays one wake-up for many messages.
+const BATCH: usize = 256;
+
+impl Hub {
+    /// Makes the handle and the actor; the caller runs `actor.run()` on its supervisor. The
+    /// actor stops when `shutdown` is cancelled.
+    pub fn new(config: HubConfig, shutdown: CancellationToken) -> (Hub, impl Future<Output = ()> + Send + 'static) {
+        let (requests, inbox) = mpsc::channel(INBOX);
+        let (dropped_sources, dropped) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(config.event_backlog);
+        let stats = Arc::new(HubStats::default());
+        let actor = Actor {
+            table: table::Table::new(config.max_nodes, config.history_points),
+            sources: Vec::new(),
+            next_source: 1,
+            events,
+            stats: stats.clone(),
+        };
+        (
+            Hub {
+                requests,
+                dropped_sources,
+                stats,
+            },
+            actor.run(inbox, dropped, shutdown),
+        )
+    }
+
+    pub fn stats(&self) -> &HubStats {
+        &self.stats
+    }
+
+    async fn request(&self, request: Request) {
+        // The actor only goes away at shutdown, when nobody cares about answers any more.
+        let _ = self.requests.send(request).await;
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Option<T> {
+        let (reply, answer) = oneshot::channel();
+        self.request(make(reply)).await;
+        answer.await.ok()
+    }
+
+    /// Registers a source of node events. `commands` is where the hub sends writes for the
+    /// source's nodes; it is bounded by its creator, and the hub drops (and counts) commands
+    /// that find it full rather than wait.
+    pub async fn register(
+        &self,
+        name: impl Into<String>,
+        commands: mpsc::Sender<SourceCommand>,
+    ) -> Option<Source> {
+        let name = name.into();
+        let id = self
+            .ask(|reply| Request::Register {
+                name,
+                commands,
+                reply,
+            })
+            .await?;
+        Some(Source {
+            id,
+            hub: self.clone(),
+            closed: false,
+        })
+    }
+
+    /// The current state and the live events after it, atomically.
+    pub async fn subscribe(&self) -> Option<Subscription> {
+        self.ask(|reply| Request::Subscribe { reply }).await
+    }
+
+    pub async fn snapshot(&self) -> Option<Snapshot> {
+        self.ask(|reply| Request::Snapshot { reply }).await
+    }
+
+    pub async fn history(&self, uid: &str, endpoint: &str) -> Option<Vec<Point>> {
+        self.ask(|reply| Request::History {
+            uid: uid.to_owned(),
+            endpoint: endpoint.to_owned(),
+            reply,
+        })
+        .await
+        .flatten()
+    }
+
+    /// Routes a client's write to the source owning the node.
+    pub async fn write(&self, write: Write, src: Option<ClientId>) {
+        self.request(Request::Write { write, src }).await;
+    }
+
+    /// Tells every source that a client connected (the broker forwards it to its gateways).
+    pub async fn client_hello(&self, client: ClientId) {
+        self.request(Request::ClientHello { client }).await;
+    }
+}
+
+/// A registered source. Messages sent through it are attributed to it; closing it (or
+/// dropping it) sends `out` for every node it still owns.
+pub struct Source {
+    id: SourceId,
+    hub: Hub,
+    closed: bool,
+}
+
+impl Source {
+    pub fn id(&self) -> SourceId {
+        self.id
+    }
+
+    pub async fn send(&self, message: NodeMessage) {
+        self.hub
+            .request(Request::FromSource {
+                source: self.id,
+                message,
+            })
+            .await;
+    }
+
+    /// Unregisters in order with the messages sent before, so none of them arrives after the
+    /// node's `out`.
+    pub async fn close(mut self) {
+        self.closed = true;
+        self.hub.request(Request::Unregister { source: self.id }).await;
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        if !self.closed {
+            let _ = self.hub.dropped_sources.send(self.id);
+        }
+    }
+}
+
+struct RegisteredSource {
+    id: SourceId,
+    name: String,
+    commands: mpsc::Sender<SourceCommand>,
+}
+
+struct Actor {
+    table: table::Table,
+    sources: Vec<RegisteredSource>,
+    next_source: u64,
+    events: broadcast::Sender<Arc<Event>>,
+    stats: Arc<HubStats>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        mut inbox: mpsc::Receiver<Request>,
+        mut dropped: mpsc::UnboundedReceiver<SourceId>,
+        shutdown: CancellationToken,
+    ) {
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                received = inbox.recv_many(&mut batch, BATCH) => {
+                    if received == 0 {
+                        break;
+                    }
+                    for request in batch.drain(..) {
+                        self.handle(request);
+                    }
+                }
+                Some(source) = dropped.recv() => self.unregister(source),
+            }
+        }
+    }
+
+    fn publish(&self, message: NodeMessage) {
+        // No receivers is normal (a gateway with nobody watching).
+        let _ = self.events.send(Event::new(message));
+    }
+
+    fn handle(&mut self, request: Request) {
+        match request {
+            Request::FromSource { source, message } => {
+                self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                match self.table.apply(source, message, now_ms()) {
+                    Ok(Some(message)) => self.publish(message),
+                    Ok(None) => {}
+                    Err(refusal) => {
+                        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        match refusal {
+                            Refusal::Full { .. } => tracing::warn!(source = ?source, "{refusal}"),
+                            _ => tracing::debug!(source = ?source, "{refusal}"),
+                        }
+                    }
+                }
+                self.stats
+                    .nodes
+                    .store(self.table.len() as u64, Ordering::Relaxed);
+            }
+            Request::Register {
+                name,
+                commands,
+                reply,
+            } => {
+                let id = SourceId(self.next_source);
+                self.next_source += 1;
+                tracing::debug!(source = ?id, %name, "source registered");
+                self.sources.push(RegisteredSource { id, name, commands });
+                let _ = reply.send(id);
+            }
+            Request::Unregister { source } => self.unregister(source),
+            Request::Subscribe { reply } => {
+                let events = self.events.subscribe();
+                let _ = reply.send(Subscription {
+                    snapshot: self.table.snapshot(),
+                    events,
+                });
+            }
+            Request::Snapshot { reply } => {
+                let _ = reply.send(self.table.snapshot());
+            }
+            Request::History {
+                uid,
+                endpoint,
+                reply,
+            } => {
+                let _ = reply.send(self.table.history(&uid, &endpoint));
+            }
+            Request::Write { write, src } => match self.table.owner(&write.uid) {
+                Some(owner) => {
+                    let uid = write.uid.clone();
+                    self.command(owner, SourceCommand::Write { write, src }, &uid);
+                }
+                None => tracing::debug!(uid = %write.uid, "write for an unknown node dropped"),
+            },
+            Request::ClientHello { client } => {
+                let ids: Vec<SourceId> = self.sources.iter().map(|s| s.id).collect();
+                for id in ids {
+                    self.command(id, SourceCommand::ClientHello { client: client.clone() }, "");
+                }
+            }
+        }
+    }
+
+    fn command(&self, target: SourceId, command: SourceCommand, uid: &str) {
+        let Some(source) = self.sources.iter().find(|s| s.id == target) else {
+            return;
+        };
+        if source.commands.try_send(command).is_err() {
+            self.stats.commands_dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(source = %source.name, %uid, "command dropped: the source is not keeping up");
+        }
+    }
+
+    fn unregister(&mut self, source: SourceId) {
+        let Some(index) = self.sources.iter().position(|s| s.id == source) else {
+            return;
+        };
+        let gone = self.sources.swap_remove(index);
+        tracing::debug!(source = ?gone.id, name = %gone.name, "source unregistered");
+        for out in self.table.remove_source(source) {
+            self.publish(out);
+        }
+        self.stats
+            .nodes
+            .store(self.table.len() as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn new(uid: &str) -> NodeMessage {
+        NodeMessage::New {
+            uid: uid.into(),
+            dst: Dst::All,
+        }
+    }
+
+    fn update(uid: &str, value: &str) -> NodeMessage {
+        NodeMessage::Update {
+            uid: uid.into(),
+            endpoint: "led".into(),
+            data: json!(value),
+            dst: Dst::All,
+        }
+    }
+
+    async fn next(events: &mut broadcast::Receiver<Arc<Event>>) -> NodeMessage {
+        events.recv().await.expect("an event").message.clone()
+    }
+
+    fn start() -> Hub {
+        let (hub, actor) = Hub::new(HubConfig::default(), CancellationToken::new());
+        tokio::spawn(actor);
+        hub
+    }
+
+    #[tokio::test]
+    async fn subscribers_get_snapshot_then_live_events_without_gaps() {
+        let hub = start();
+        let (commands, _rx) = mpsc::channel(8);
+        let source = hub.register("test", commands).await.expect("registered");
+        source.send(new("n")).await;
+        source.send(update("n", "0")).await;
+        let mut subscription = hub.subscribe().await.expect("subscribed");
+        source.send(update("n", "1")).await;
+        assert_eq!(subscription.snapshot.nodes.len(), 1);
+        assert_eq!(
+            subscription.snapshot.nodes[0].resources,
+            [("led".into(), json!("0"))]
+        );
+        assert_eq!(next(&mut subscription.events).await, update("n", "1"));
+    }
+
+    #[tokio::test]
+    async fn writes_reach_only_the_owner_and_hello_reaches_all() {
+        let hub = start();
+        let (a_tx, mut a_rx) = mpsc::channel(8);
+        let (b_tx, mut b_rx) = mpsc::channel(8);
+        let a = hub.register("a", a_tx).await.expect("registered");
+        let _b = hub.register("b", b_tx).await.expect("registered");
+        a.send(new("n")).await;
+        let write = Write {
+            uid: "n".into(),
+            endpoint: "led".into(),
+            payload: json!("1"),
+        };
+        hub.write(write.clone(), Some("c".into())).await;
+        hub.write(
+            Write {
+                uid: "unknown".into(),
+                ..write.clone()
+            },
+            None,
+        )
+        .await;
+        hub.client_hello("c2".into()).await;
+        assert_eq!(
+            a_rx.recv().await,
+            Some(SourceCommand::Write {
+                write,
+                src: Some("c".into())
+            })
+        );
+        let hello = SourceCommand::ClientHello {
+            client: "c2".into(),
+        };
+        assert_eq!(a_rx.recv().await, Some(hello.clone()));
+        assert_eq!(b_rx.recv().await, Some(hello));
+    }
+
+    #[tokio::test]
+    async fn a_source_that_goes_away_outs_its_nodes_after_its_last_message() {
+        let hub = start();
+        let mut subscription = hub.subscribe().await.expect("subscribed");
+        let (commands, _rx) = mpsc::channel(8);
+        let source = hub.register("a", commands.clone()).await.expect("registered");
+        source.send(new("n")).await;
+        source.send(update("n", "1")).await;
+        source.close().await;
+        assert_eq!(next(&mut subscription.events).await, new("n"));
+        assert_eq!(next(&mut subscription.events).await, update("n", "1"));
+        assert_eq!(
+            next(&mut subscription.events).await,
+            NodeMessage::Out { uid: "n".into() }
+        );
+
+        let dropped = hub.register("b", commands).await.expect("registered");
+        dropped.send(new("m")).await;
+        drop(dropped);
+        assert_eq!(next(&mut subscription.events).await, new("m"));
+        assert_eq!(
+            next(&mut subscription.events).await,
+            NodeMessage::Out { uid: "m".into() }
+        );
+        assert!(hub.snapshot().await.expect("snapshot").nodes.is_empty());
+    }
+
+    #[tokio::test]
+    async fn events_carry_their_json_and_know_their_audience() {
+        let event = Event::new(NodeMessage::New {
+            uid: "n".into(),
+            dst: Dst::Client("c1".into()),
+        });
+        assert_eq!(&event.json[..], br#"{"type":"new","uid":"n","dst":"c1"}"#);
+        assert!(event.is_for("c1"));
+        assert!(!event.is_for("c2"));
+        assert!(Event::new(NodeMessage::Out { uid: "n".into() }).is_for("c2"));
+    }
+
+    #[tokio::test]
+    async fn commands_to_a_full_source_are_dropped_not_awaited() {
+        let hub = start();
+        let (commands, _rx) = mpsc::channel(1);
+        let source = hub.register("slow", commands).await.expect("registered");
+        source.send(new("n")).await;
+        let write = Write {
+            uid: "n".into(),
+            endpoint: "led".into(),
+            payload: json!(1),
+        };
+        for _ in 0..3 {
+            hub.write(write.clone(), None).await;
+        }
+        hub.snapshot().await.expect("the hub is still answering");
+        assert_eq!(hub.stats().commands_dropped.load(Ordering::Relaxed), 2);
+    }
+}

@@ -1,0 +1,366 @@
+//! The node table: which source owns which node, each node's resources in arrival order, and
+//! a bounded history of numeric readings. Pure state: messages in, messages to broadcast out.
+
+use std::collections::{HashMap, VecDeque};
+
+use indexmap::IndexMap;
+use serde_json::Value;
+
+use crate::proto::broker::{Dst, NodeMessage};
+use crate::proto::reading;
+
+/// Who sent a node message: an adapter on a gateway, a gateway connection on the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceId(pub u64);
+
+/// One numeric reading: milliseconds since the Unix epoch, and the value.
+pub type Point = (u64, f64);
+
+#[derive(Debug)]
+struct Node {
+    owner: SourceId,
+    resources: IndexMap<String, Value>,
+    history: HashMap<String, VecDeque<Point>>,
+}
+
+/// A node as a snapshot shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeState {
+    pub uid: String,
+    pub resources: Vec<(String, Value)>,
+}
+
+/// Every node and its current values, at one instant.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub nodes: Vec<NodeState>,
+}
+
+impl Snapshot {
+    /// The messages that bring a client that knows nothing up to date: per node a `new`, then
+    /// one `update` per resource, all addressed to `dst` (pyaiot's `fetch_nodes_cache`).
+    pub fn messages<'a>(&'a self, dst: &'a Dst) -> impl Iterator<Item = NodeMessage> + 'a {
+        self.nodes.iter().flat_map(move |node| {
+            std::iter::once(NodeMessage::New {
+                uid: node.uid.clone(),
+                dst: dst.clone(),
+            })
+            .chain(node.resources.iter().map(move |(endpoint, data)| {
+                NodeMessage::Update {
+                    uid: node.uid.clone(),
+                    endpoint: endpoint.clone(),
+                    data: data.clone(),
+                    dst: dst.clone(),
+                }
+            }))
+        })
+    }
+}
+
+/// Why a message changed nothing. Each is worth a log line, none is an error of ours.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("node {0} is not known")]
+    UnknownNode(String),
+    #[error("node {0} belongs to another source")]
+    NotOwner(String),
+    #[error("node {uid} refused: the table is full ({max} nodes)")]
+    Full { uid: String, max: usize },
+    #[error("keep-alive is not a node message")]
+    KeepAlive,
+}
+
+#[derive(Debug)]
+pub struct Table {
+    nodes: IndexMap<String, Node>,
+    max_nodes: usize,
+    history_points: usize,
+}
+
+impl Table {
+    pub fn new(max_nodes: usize, history_points: usize) -> Self {
+        Table {
+            nodes: IndexMap::new(),
+            max_nodes,
+            history_points,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn owner(&self, uid: &str) -> Option<SourceId> {
+        self.nodes.get(uid).map(|node| node.owner)
+    }
+
+    /// Applies what `source` says about a node, with the broker's routing rules: `update` and
+    /// `out` only for a node the source owns; a `new` claims the node. Returns what to pass on
+    /// to subscribers (`None`: nothing changed that they need to hear).
+    pub fn apply(
+        &mut self,
+        source: SourceId,
+        message: NodeMessage,
+        now_ms: u64,
+    ) -> Result<Option<NodeMessage>, Refusal> {
+        match message {
+            NodeMessage::New { ref uid, ref dst } => {
+                if let Some(node) = self.nodes.get_mut(uid) {
+                    // A node that moved to another gateway, or a gateway's reconnect replay.
+                    let moved = node.owner != source;
+                    node.owner = source;
+                    return Ok(match dst {
+                        Dst::Client(_) => Some(message),
+                        Dst::All if moved => Some(message),
+                        Dst::All => None,
+                    });
+                }
+                if self.nodes.len() >= self.max_nodes {
+                    return Err(Refusal::Full {
+                        uid: uid.clone(),
+                        max: self.max_nodes,
+                    });
+                }
+                self.nodes.insert(
+                    uid.clone(),
+                    Node {
+                        owner: source,
+                        resources: IndexMap::new(),
+                        history: HashMap::new(),
+                    },
+                );
+                Ok(Some(message))
+            }
+            NodeMessage::Update {
+                ref uid,
+                ref endpoint,
+                ref data,
+                dst: _,
+            } => {
+                let history_points = self.history_points;
+                let node = self.owned(source, uid)?;
+                if let Some(number) = reading::numeric(data) {
+                    let ring = node.history.entry(endpoint.clone()).or_default();
+                    if ring.len() == history_points {
+                        ring.pop_front();
+                    }
+                    if history_points > 0 {
+                        ring.push_back((now_ms, number));
+                    }
+                }
+                match node.resources.get_mut(endpoint) {
+                    Some(slot) => *slot = data.clone(),
+                    None => {
+                        node.resources.insert(endpoint.clone(), data.clone());
+                    }
+                }
+                Ok(Some(message))
+            }
+            NodeMessage::Out { ref uid } => {
+                self.owned(source, uid)?;
+                self.nodes.shift_remove(uid);
+                Ok(Some(message))
+            }
+            NodeMessage::Reset { ref uid } => {
+                let node = self.owned(source, uid)?;
+                node.resources.clear();
+                node.history.clear();
+                Ok(Some(message))
+            }
+            NodeMessage::Alive => Err(Refusal::KeepAlive),
+        }
+    }
+
+    fn owned(&mut self, source: SourceId, uid: &str) -> Result<&mut Node, Refusal> {
+        match self.nodes.get_mut(uid) {
+            Some(node) if node.owner == source => Ok(node),
+            Some(_) => Err(Refusal::NotOwner(uid.to_owned())),
+            None => Err(Refusal::UnknownNode(uid.to_owned())),
+        }
+    }
+
+    /// Forgets every node of a source that went away, returning an `out` for each.
+    pub fn remove_source(&mut self, source: SourceId) -> Vec<NodeMessage> {
+        let mut outs = Vec::new();
+        self.nodes.retain(|uid, node| {
+            let keep = node.owner != source;
+            if !keep {
+                outs.push(NodeMessage::Out { uid: uid.clone() });
+            }
+            keep
+        });
+        outs
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(uid, node)| NodeState {
+                    uid: uid.clone(),
+                    resources: node
+                        .resources
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The numeric readings of one resource, oldest first.
+    pub fn history(&self, uid: &str, endpoint: &str) -> Option<Vec<Point>> {
+        let ring = self.nodes.get(uid)?.history.get(endpoint)?;
+        Some(ring.iter().copied().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const A: SourceId = SourceId(1);
+    const B: SourceId = SourceId(2);
+
+    fn new(uid: &str) -> NodeMessage {
+        NodeMessage::New {
+            uid: uid.into(),
+            dst: Dst::All,
+        }
+    }
+
+    fn update(uid: &str, endpoint: &str, data: Value) -> NodeMessage {
+        NodeMessage::Update {
+            uid: uid.into(),
+            endpoint: endpoint.into(),
+            data,
+            dst: Dst::All,
+        }
+    }
+
+    #[test]
+    fn updates_need_the_owner() {
+        let mut table = Table::new(10, 4);
+        assert_eq!(table.apply(A, new("n"), 0), Ok(Some(new("n"))));
+        assert!(table.apply(A, update("n", "led", json!("1")), 0).is_ok());
+        assert_eq!(
+            table.apply(B, update("n", "led", json!("0")), 0),
+            Err(Refusal::NotOwner("n".into()))
+        );
+        assert_eq!(
+            table.apply(B, update("x", "led", json!("0")), 0),
+            Err(Refusal::UnknownNode("x".into()))
+        );
+        assert_eq!(
+            table.apply(B, NodeMessage::Out { uid: "n".into() }, 0),
+            Err(Refusal::NotOwner("n".into()))
+        );
+        assert_eq!(table.snapshot().nodes[0].resources, [("led".into(), json!("1"))]);
+    }
+
+    #[test]
+    fn a_repeated_new_is_quiet_but_a_move_is_announced() {
+        let mut table = Table::new(10, 4);
+        table.apply(A, new("n"), 0).expect("new");
+        assert_eq!(table.apply(A, new("n"), 0), Ok(None));
+        assert_eq!(table.apply(B, new("n"), 0), Ok(Some(new("n"))));
+        assert_eq!(table.owner("n"), Some(B));
+        let replay = NodeMessage::New {
+            uid: "n".into(),
+            dst: Dst::Client("c".into()),
+        };
+        assert_eq!(table.apply(B, replay.clone(), 0), Ok(Some(replay)));
+    }
+
+    #[test]
+    fn snapshot_replays_in_arrival_order() {
+        let mut table = Table::new(10, 4);
+        for message in [
+            new("a"),
+            update("a", "protocol", json!("WebSocket")),
+            update("a", "led", json!("0")),
+            new("b"),
+            update("a", "protocol", json!("CoAP")),
+        ] {
+            table.apply(A, message, 0).expect("applies");
+        }
+        let dst = Dst::Client("c".into());
+        let replay: Vec<NodeMessage> = table.snapshot().messages(&dst).collect();
+        let expected = [
+            NodeMessage::New {
+                uid: "a".into(),
+                dst: dst.clone(),
+            },
+            NodeMessage::Update {
+                uid: "a".into(),
+                endpoint: "protocol".into(),
+                data: json!("CoAP"),
+                dst: dst.clone(),
+            },
+            NodeMessage::Update {
+                uid: "a".into(),
+                endpoint: "led".into(),
+                data: json!("0"),
+                dst: dst.clone(),
+            },
+            NodeMessage::New {
+                uid: "b".into(),
+                dst: dst.clone(),
+            },
+        ];
+        assert_eq!(replay, expected);
+    }
+
+    #[test]
+    fn history_is_bounded_and_numeric_only() {
+        let mut table = Table::new(10, 3);
+        table.apply(A, new("n"), 0).expect("new");
+        for (t, value) in ["20°C", "21°C", "riot", "22°C", "23°C"].iter().enumerate() {
+            table
+                .apply(A, update("n", "temperature", json!(value)), t as u64)
+                .expect("update");
+        }
+        assert_eq!(
+            table.history("n", "temperature"),
+            Some(vec![(1, 21.0), (3, 22.0), (4, 23.0)])
+        );
+        assert_eq!(table.history("n", "name"), None);
+    }
+
+    #[test]
+    fn reset_clears_values_and_removing_a_source_outs_its_nodes() {
+        let mut table = Table::new(10, 3);
+        table.apply(A, new("a1"), 0).expect("new");
+        table.apply(A, update("a1", "t", json!(1)), 0).expect("update");
+        table.apply(B, new("b1"), 0).expect("new");
+        table.apply(A, new("a2"), 0).expect("new");
+        let reset = NodeMessage::Reset { uid: "a1".into() };
+        assert_eq!(table.apply(A, reset.clone(), 0), Ok(Some(reset)));
+        assert!(table.snapshot().nodes[0].resources.is_empty());
+        assert_eq!(table.history("a1", "t"), None);
+        assert_eq!(
+            table.remove_source(A),
+            [
+                NodeMessage::Out { uid: "a1".into() },
+                NodeMessage::Out { uid: "a2".into() }
+            ]
+        );
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_nodes_only() {
+        let mut table = Table::new(1, 3);
+        table.apply(A, new("a"), 0).expect("new");
+        assert_eq!(
+            table.apply(A, new("b"), 0),
+            Err(Refusal::Full {
+                uid: "b".into(),
+                max: 1
+            })
+        );
+        assert!(table.apply(A, update("a", "t", json!(1)), 0).is_ok());
+    }
+}

@@ -1,0 +1,28 @@
+//! aiot: pyaiot's broker, gateways and simulated nodes as one binary.
+//!
+//! # Layout
+//! - [`proto`]: sans-IO wire formats (broker JSON, websocket nodes), limits, readings.
+//! - [`hub`]: the node table actor: snapshot + live events, routing writes to owners.
+//! - [`adapters`]: the only code that talks to devices (websocket nodes so far).
+//! - [`broker`]: `aiot broker`, gateways on `/gw` and web clients on `/ws`.
+//! - [`gateway`]: `aiot gateway`, adapters + hub + local `/ws` + uplink.
+//! - [`uplink`]: the gateway's robust connection to a central broker.
+//! - [`web`]: listeners, serving, the shared `/ws` client endpoint and socket helpers.
+//! - [`runtime`]: the supervisor: named tasks, one shutdown token, drain deadline, signals.
+//! - [`sim`]: simulated nodes for demos, tests and load.
+//! - [`keys`]: pyaiot key files and Fernet tokens.
+//! - [`config`], [`cli`], [`app`]: configuration, flags, and wiring them to the roles.
+
+pub mod adapters;
+pub mod app;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod gateway;
+pub mod hub;
+pub mod keys;
+pub mod proto;
+pub mod runtime;
+pub mod sim;
+pub mod uplink;
+pub mod web;

@@ -1,0 +1,49 @@
+//! HTTP and websocket serving shared by every role: binding listeners, serving a router under
+//! the supervisor, and the `/ws` client endpoint that the broker and gateways both expose.
+
+pub mod clients;
+pub mod socket;
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use anyhow::Context as _;
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::runtime::Supervisor;
+
+/// Binds a TCP listener. The default bind address `::` takes IPv4 too on a dual-stack host; on
+/// a host without IPv6 it falls back to `0.0.0.0` instead of failing.
+pub async fn bind(ip: IpAddr, port: u16) -> anyhow::Result<TcpListener> {
+    match TcpListener::bind(SocketAddr::new(ip, port)).await {
+        Ok(listener) => Ok(listener),
+        Err(error) if ip == IpAddr::from([0u16; 8]) && no_ipv6(&error) => {
+            tracing::info!("IPv6 is not available here, listening on IPv4 only");
+            let fallback = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+            TcpListener::bind(fallback)
+                .await
+                .with_context(|| format!("cannot listen on {fallback}"))
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot listen on {}", SocketAddr::new(ip, port))),
+    }
+}
+
+fn no_ipv6(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(code) if code == nix::libc::EAFNOSUPPORT || code == nix::libc::EADDRNOTAVAIL
+    )
+}
+
+/// Serves `router` on `listener` until shutdown, as an essential task named `name`.
+pub fn serve(supervisor: &Supervisor, name: &'static str, listener: TcpListener, router: Router) {
+    let shutdown = supervisor.shutdown_token();
+    supervisor.spawn_essential(name, async move {
+        let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .with_context(|| format!("{name} stopped serving"))
+    });
+}
