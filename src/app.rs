@@ -8,7 +8,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::broker::{self, BrokerSettings};
-use crate::cli::{BrokerArgs, Cli, Command, ConfigCommand, DemoArgs, GatewayArgs, KeysCommand, NodeCommand, WsNodeArgs};
+use crate::cli::{
+    BrokerArgs, Cli, Command, ConfigCommand, DemoArgs, GatewayArgs, KeysCommand, NodeCommand,
+    WsNodeArgs,
+};
 use crate::config::{Config, DEFAULT_TOML};
 use crate::gateway::{self, GatewayListeners, GatewaySettings};
 use crate::keys::Keys;
@@ -57,11 +60,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         supervisor.run_until_signal().await
     })?;
-    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if clean {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn init_tracing(debug: bool) {
-    let default = if debug { "aiot=debug,warn" } else { "aiot=info,warn" };
+    let default = if debug {
+        "aiot=debug,warn"
+    } else {
+        "aiot=info,warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
@@ -81,7 +92,11 @@ fn load_keys(config: &Config) -> anyhow::Result<Keys> {
     })
 }
 
-async fn start_broker(supervisor: &Supervisor, mut config: Config, args: BrokerArgs) -> anyhow::Result<()> {
+async fn start_broker(
+    supervisor: &Supervisor,
+    mut config: Config,
+    args: BrokerArgs,
+) -> anyhow::Result<()> {
     config.broker.bind = args.bind.unwrap_or(config.broker.bind);
     config.broker.port = args.broker_port.unwrap_or(config.broker.port);
     if args.key_file.is_some() {
@@ -114,7 +129,11 @@ fn uplink_settings(config: &Config, url: &str, keys: Keys) -> anyhow::Result<Upl
     })
 }
 
-async fn start_gateway(supervisor: &Supervisor, mut config: Config, args: GatewayArgs) -> anyhow::Result<()> {
+async fn start_gateway(
+    supervisor: &Supervisor,
+    mut config: Config,
+    args: GatewayArgs,
+) -> anyhow::Result<()> {
     config.gateway.bind = args.bind.unwrap_or(config.gateway.bind);
     config.gateway.gateway_port = args.gateway_port.unwrap_or(config.gateway.gateway_port);
     config.gateway.web_port = args.web_port.unwrap_or(config.gateway.web_port);

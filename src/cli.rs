@@ -8,7 +8,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "aiot", version, about = "Connect constrained IoT devices to the web", propagate_version = true)]
+#[command(
+    name = "aiot",
+    version,
+    about = "Connect constrained IoT devices to the web",
+    propagate_version = true
+)]
 pub struct Cli {
     /// TOML config file (see `aiot config default`); flags override it.
     #[arg(long, global = true, value_name = "FILE")]

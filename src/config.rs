@@ -149,12 +149,10 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        config
-            .check()
-            .map_err(|message| ConfigError::Check {
-                path: path.to_owned(),
-                message,
-            })?;
+        config.check().map_err(|message| ConfigError::Check {
+            path: path.to_owned(),
+            message,
+        })?;
         Ok(config)
     }
 
@@ -168,7 +166,10 @@ impl Config {
             ("limits.event_backlog", self.limits.event_backlog as u64),
             ("uplink.keepalive_secs", self.uplink.keepalive_secs),
             ("uplink.ping_interval_secs", self.uplink.ping_interval_secs),
-            ("uplink.connect_timeout_secs", self.uplink.connect_timeout_secs),
+            (
+                "uplink.connect_timeout_secs",
+                self.uplink.connect_timeout_secs,
+            ),
             ("uplink.backoff_max_secs", self.uplink.backoff_max_secs),
             ("gateway.max_time", self.gateway.max_time),
         ];
@@ -250,7 +251,9 @@ mod tests {
         assert!(error.contains("web_prot"), "{error}");
         assert!(error.contains("aiot.toml"), "{error}");
         std::fs::write(&path, "[gatway]\n").expect("write");
-        let error = Config::load(&path).expect_err("unknown section").to_string();
+        let error = Config::load(&path)
+            .expect_err("unknown section")
+            .to_string();
         assert!(error.contains("gatway"), "{error}");
     }
 
@@ -279,7 +282,10 @@ mod tests {
         assert_eq!(config.broker_url().as_deref(), Some("ws://[::1]:8000/gw"));
         config.uplink.broker_host = Some("example.org".into());
         config.uplink.broker_port = 9000;
-        assert_eq!(config.broker_url().as_deref(), Some("ws://example.org:9000/gw"));
+        assert_eq!(
+            config.broker_url().as_deref(),
+            Some("ws://example.org:9000/gw")
+        );
         config.uplink.broker_url = Some("ws://other/gw".into());
         assert_eq!(config.broker_url().as_deref(), Some("ws://other/gw"));
     }

@@ -33,7 +33,11 @@ pub struct Gateway {
     pub uplink: Option<watch::Receiver<UplinkState>>,
 }
 
-pub fn start(supervisor: &Supervisor, listeners: GatewayListeners, settings: GatewaySettings) -> Gateway {
+pub fn start(
+    supervisor: &Supervisor,
+    listeners: GatewayListeners,
+    settings: GatewaySettings,
+) -> Gateway {
     let (hub, actor) = Hub::new(settings.hub, supervisor.shutdown_token());
     supervisor.spawn(actor);
 

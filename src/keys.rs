@@ -263,7 +263,10 @@ mod tests {
             parse_ini(&text),
             (Some("s3cr3t".into()), Some(private.clone()))
         );
-        assert_eq!(parse_ini("[other]\nsecret = a\nprivate = b\n"), (None, None));
+        assert_eq!(
+            parse_ini("[other]\nsecret = a\nprivate = b\n"),
+            (None, None)
+        );
     }
 
     #[test]

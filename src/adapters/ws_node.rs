@@ -79,7 +79,9 @@ async fn session(mut socket: WebSocket, endpoint: NodeEndpoint, peer: SocketAddr
             dst: Dst::All,
         })
         .await;
-    source.send(update(&uid, "protocol".into(), Value::from(PROTOCOL))).await;
+    source
+        .send(update(&uid, "protocol".into(), Value::from(PROTOCOL)))
+        .await;
     let discover = Message::Text(Utf8Bytes::from_static(crate::proto::node_ws::DISCOVER));
     let mut ending = socket::send_batch(&mut socket, [discover], limits.send_timeout)
         .await

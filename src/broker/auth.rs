@@ -48,7 +48,10 @@ mod tests {
     fn headers(lines: &[&str]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for line in lines {
-            map.append(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(line).expect("ascii"));
+            map.append(
+                SEC_WEBSOCKET_PROTOCOL,
+                HeaderValue::from_str(line).expect("ascii"),
+            );
         }
         map
     }
@@ -57,7 +60,10 @@ mod tests {
     fn accepts_token_in_one_or_two_header_lines() {
         let keys = Keys::generate();
         let token = keys.token();
-        assert_eq!(check(&headers(&[&format!("token, {token}")]), &keys), Ok(()));
+        assert_eq!(
+            check(&headers(&[&format!("token, {token}")]), &keys),
+            Ok(())
+        );
         assert_eq!(check(&headers(&["token", &token]), &keys), Ok(()));
     }
 

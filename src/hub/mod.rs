@@ -143,7 +143,10 @@ const BATCH: usize = 256;
 impl Hub {
     /// Makes the handle and the actor; the caller runs `actor.run()` on its supervisor. The
     /// actor stops when `shutdown` is cancelled.
-    pub fn new(config: HubConfig, shutdown: CancellationToken) -> (Hub, impl Future<Output = ()> + Send + 'static) {
+    pub fn new(
+        config: HubConfig,
+        shutdown: CancellationToken,
+    ) -> (Hub, impl Future<Output = ()> + Send + 'static) {
         let (requests, inbox) = mpsc::channel(INBOX);
         let (dropped_sources, dropped) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(config.event_backlog);
@@ -259,7 +262,9 @@ impl Source {
     /// node's `out`.
     pub async fn close(mut self) {
         self.closed = true;
-        self.hub.request(Request::Unregister { source: self.id }).await;
+        self.hub
+            .request(Request::Unregister { source: self.id })
+            .await;
     }
 }
 
@@ -379,7 +384,13 @@ impl Actor {
             Request::ClientHello { client } => {
                 let ids: Vec<SourceId> = self.sources.iter().map(|s| s.id).collect();
                 for id in ids {
-                    self.command(id, SourceCommand::ClientHello { client: client.clone() }, "");
+                    self.command(
+                        id,
+                        SourceCommand::ClientHello {
+                            client: client.clone(),
+                        },
+                        "",
+                    );
                 }
             }
         }
@@ -500,7 +511,10 @@ mod tests {
         let hub = start();
         let mut subscription = hub.subscribe().await.expect("subscribed");
         let (commands, _rx) = mpsc::channel(8);
-        let source = hub.register("a", commands.clone()).await.expect("registered");
+        let source = hub
+            .register("a", commands.clone())
+            .await
+            .expect("registered");
         source.send(new("n")).await;
         source.send(update("n", "1")).await;
         source.close().await;

@@ -257,7 +257,10 @@ mod tests {
             table.apply(B, NodeMessage::Out { uid: "n".into() }, 0),
             Err(Refusal::NotOwner("n".into()))
         );
-        assert_eq!(table.snapshot().nodes[0].resources, [("led".into(), json!("1"))]);
+        assert_eq!(
+            table.snapshot().nodes[0].resources,
+            [("led".into(), json!("1"))]
+        );
     }
 
     #[test]
@@ -333,7 +336,9 @@ mod tests {
     fn reset_clears_values_and_removing_a_source_outs_its_nodes() {
         let mut table = Table::new(10, 3);
         table.apply(A, new("a1"), 0).expect("new");
-        table.apply(A, update("a1", "t", json!(1)), 0).expect("update");
+        table
+            .apply(A, update("a1", "t", json!(1)), 0)
+            .expect("update");
         table.apply(B, new("b1"), 0).expect("new");
         table.apply(A, new("a2"), 0).expect("new");
         let reset = NodeMessage::Reset { uid: "a1".into() };

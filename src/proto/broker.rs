@@ -169,7 +169,9 @@ impl Write {
         };
         let uid = string_field(&mut data, "uid")?;
         let endpoint = string_field(&mut data, "endpoint")?;
-        let payload = data.remove("payload").ok_or(ProtoError::Missing("payload"))?;
+        let payload = data
+            .remove("payload")
+            .ok_or(ProtoError::Missing("payload"))?;
         if let Some(extra) = data.keys().next() {
             return Err(ProtoError::Unexpected(format!("key '{}'", shorten(extra))));
         }
@@ -351,7 +353,10 @@ mod tests {
             update.to_json(),
             r#"{"type":"update","uid":"u","endpoint":"temperature","data":"23°C","dst":"all"}"#
         );
-        assert_eq!(NodeMessage::Alive.to_json(), r#"{"type":"update","uid":"alive"}"#);
+        assert_eq!(
+            NodeMessage::Alive.to_json(),
+            r#"{"type":"update","uid":"alive"}"#
+        );
         assert_eq!(
             NodeMessage::Out { uid: "u".into() }.to_json(),
             r#"{"type":"out","uid":"u"}"#
@@ -443,7 +448,10 @@ mod tests {
         );
         assert_eq!(BrokerRequest::parse(&write.to_json()), Ok(Some(write)));
         // What a pyaiot broker forwards from clients that gateways have no use for.
-        assert_eq!(BrokerRequest::parse(r#"{"type":"out","uid":"x","src":"c"}"#), Ok(None));
+        assert_eq!(
+            BrokerRequest::parse(r#"{"type":"out","uid":"x","src":"c"}"#),
+            Ok(None)
+        );
         assert_eq!(
             BrokerRequest::parse(r#"{"type":"update","data":{"uid":"u"},"src":"c"}"#),
             Ok(None)

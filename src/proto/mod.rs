@@ -45,7 +45,8 @@ pub enum Kind {
 /// pyaiot's `check_message`: a JSON object whose `type` is one of `new`, `update`, `out`,
 /// `reset`. Returns the kind and the object for the caller to read its own fields from.
 pub fn check_message(raw: &str) -> Result<(Kind, Map<String, Value>), ProtoError> {
-    let value: Value = serde_json::from_str(raw).map_err(|e| ProtoError::NotJson(shorten(&e.to_string())))?;
+    let value: Value =
+        serde_json::from_str(raw).map_err(|e| ProtoError::NotJson(shorten(&e.to_string())))?;
     let Value::Object(object) = value else {
         return Err(ProtoError::NotObject);
     };
@@ -106,7 +107,10 @@ mod tests {
 
     #[test]
     fn check_message_refuses_what_pyaiot_refuses() {
-        assert!(matches!(check_message("hello"), Err(ProtoError::NotJson(_))));
+        assert!(matches!(
+            check_message("hello"),
+            Err(ProtoError::NotJson(_))
+        ));
         assert!(matches!(check_message(""), Err(ProtoError::NotJson(_))));
         assert_eq!(check_message("[1,2]"), Err(ProtoError::NotObject));
         assert_eq!(check_message("42"), Err(ProtoError::NotObject));
@@ -133,7 +137,9 @@ mod tests {
             .expect_err("unknown type")
             .to_string();
         assert!(reason.len() <= 123, "{} bytes", reason.len());
-        let reason = check_message(&format!("{{{long}")).expect_err("not json").to_string();
+        let reason = check_message(&format!("{{{long}"))
+            .expect_err("not json")
+            .to_string();
         assert!(reason.len() <= 123, "{} bytes", reason.len());
     }
 }

@@ -75,8 +75,8 @@ impl ToNode {
 
     /// A node reading what its gateway sent.
     pub fn parse(raw: &str) -> Result<Self, ProtoError> {
-        let value: Value =
-            serde_json::from_str(raw).map_err(|e| ProtoError::NotJson(super::shorten(&e.to_string())))?;
+        let value: Value = serde_json::from_str(raw)
+            .map_err(|e| ProtoError::NotJson(super::shorten(&e.to_string())))?;
         let Value::Object(mut object) = value else {
             return Err(ProtoError::NotObject);
         };
@@ -84,7 +84,9 @@ impl ToNode {
             return Ok(ToNode::Discover);
         }
         let endpoint = super::string_field(&mut object, "endpoint")?;
-        let payload = object.remove("payload").ok_or(ProtoError::Missing("payload"))?;
+        let payload = object
+            .remove("payload")
+            .ok_or(ProtoError::Missing("payload"))?;
         Ok(ToNode::Write { endpoint, payload })
     }
 }

@@ -67,10 +67,16 @@ impl SimNode {
     fn read_sensors(&mut self) -> Map<String, Value> {
         let mut changed = Map::new();
         if self.which.temperature {
-            changed.insert("temperature".into(), json!(format!("{}°C", fastrand::i32(20..30))));
+            changed.insert(
+                "temperature".into(),
+                json!(format!("{}°C", fastrand::i32(20..30))),
+            );
         }
         if self.which.pressure {
-            changed.insert("pressure".into(), json!(format!("{}hPa", fastrand::i32(990..1015))));
+            changed.insert(
+                "pressure".into(),
+                json!(format!("{}hPa", fastrand::i32(990..1015))),
+            );
         }
         for (key, value) in &changed {
             self.resources.insert(key.clone(), value.clone());
@@ -107,10 +113,14 @@ async fn run_node(index: usize, nodes: &WsNodes, shutdown: CancellationToken) {
                 delay = RECONNECT_MIN;
                 match session(ws, &mut node, nodes.interval, &shutdown).await {
                     Ok(()) => return,
-                    Err(why) => tracing::info!(node = index + 1, "simulated node lost its gateway: {why}"),
+                    Err(why) => {
+                        tracing::info!(node = index + 1, "simulated node lost its gateway: {why}")
+                    }
                 }
             }
-            Err(error) => tracing::debug!(node = index + 1, "simulated node cannot connect: {error}"),
+            Err(error) => {
+                tracing::debug!(node = index + 1, "simulated node cannot connect: {error}")
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -120,7 +130,8 @@ async fn run_node(index: usize, nodes: &WsNodes, shutdown: CancellationToken) {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Runs until shutdown (`Ok`) or until the connection fails (`Err` with the reason).
 async fn session(
@@ -130,7 +141,9 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
     let send = |changed: &Map<String, Value>| Message::text(FromNode::update_json(changed));
-    ws.send(send(&node.resources)).await.map_err(|e| e.to_string())?;
+    ws.send(send(&node.resources))
+        .await
+        .map_err(|e| e.to_string())?;
     // Spread the nodes' readings over the interval instead of sending them in step.
     let first = interval.mul_f64(fastrand::f64());
     let mut readings = tokio::time::interval_at(tokio::time::Instant::now() + first, interval);
@@ -172,10 +185,27 @@ mod tests {
 
     #[test]
     fn simulated_nodes_follow_led_writes_in_pyaiot_form() {
-        let mut node = SimNode::new(0, Resources { led: true, temperature: true, pressure: false });
+        let mut node = SimNode::new(
+            0,
+            Resources {
+                led: true,
+                temperature: true,
+                pressure: false,
+            },
+        );
         assert_eq!(node.resources["led"], json!("0"));
-        assert!(node.resources["temperature"].as_str().expect("text").ends_with("°C"));
-        for (payload, expected) in [(json!("1"), "1"), (json!(0), "0"), (json!(true), "1"), (json!("0"), "0")] {
+        assert!(
+            node.resources["temperature"]
+                .as_str()
+                .expect("text")
+                .ends_with("°C")
+        );
+        for (payload, expected) in [
+            (json!("1"), "1"),
+            (json!(0), "0"),
+            (json!(true), "1"),
+            (json!("0"), "0"),
+        ] {
             let changed = node.write("led".into(), payload);
             assert_eq!(changed["led"], json!(expected));
         }

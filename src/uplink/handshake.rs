@@ -65,10 +65,7 @@ impl Target {
         if host.is_empty() || host_header.contains('@') {
             return Err(invalid());
         }
-        let path = uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
         Ok(Target {
             host_header,
             host,
@@ -124,7 +121,9 @@ async fn connect_inner(
         let mut chunk = [0u8; 1024];
         let read = stream.read(&mut chunk).await.map_err(HandshakeError::Io)?;
         if read == 0 {
-            return Err(HandshakeError::Invalid("connection closed before the answer ended"));
+            return Err(HandshakeError::Invalid(
+                "connection closed before the answer ended",
+            ));
         }
         buffer.extend_from_slice(&chunk[..read]);
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -139,7 +138,9 @@ async fn connect_inner(
                 break (len, response.code.unwrap_or(0), accept);
             }
             Ok(httparse::Status::Partial) if buffer.len() < MAX_RESPONSE_HEAD => continue,
-            Ok(httparse::Status::Partial) => return Err(HandshakeError::Invalid("answer too long")),
+            Ok(httparse::Status::Partial) => {
+                return Err(HandshakeError::Invalid("answer too long"));
+            }
             Err(_) => return Err(HandshakeError::Invalid("not an HTTP answer")),
         }
     };
@@ -173,7 +174,13 @@ mod tests {
         assert_eq!(v6.host_header, "[::1]:9000");
         assert_eq!(Target::parse("ws://host").expect("valid").port, 80);
         assert_eq!(Target::parse("ws://host").expect("valid").path, "/");
-        for bad in ["http://host/gw", "host:8000", "ws://", "", "ws://user@host/gw"] {
+        for bad in [
+            "http://host/gw",
+            "host:8000",
+            "ws://",
+            "",
+            "ws://user@host/gw",
+        ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
     }

@@ -17,7 +17,9 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig, frame::coding::CloseCode};
+use tokio_tungstenite::tungstenite::protocol::{
+    CloseFrame, WebSocketConfig, frame::coding::CloseCode,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Event, Hub, Snapshot};
@@ -57,7 +59,11 @@ pub enum UplinkState {
 }
 
 /// Starts the uplink; the returned receiver follows its state.
-pub fn start(supervisor: &Supervisor, hub: Hub, settings: UplinkSettings) -> watch::Receiver<UplinkState> {
+pub fn start(
+    supervisor: &Supervisor,
+    hub: Hub,
+    settings: UplinkSettings,
+) -> watch::Receiver<UplinkState> {
     let (state, state_rx) = watch::channel(UplinkState::Connecting);
     let shutdown = supervisor.shutdown_token();
     supervisor.spawn(async move {
@@ -76,7 +82,12 @@ pub fn backoff(attempt: u32, max: Duration) -> Duration {
     half + half.mul_f64(fastrand::f64())
 }
 
-async fn run(hub: Hub, settings: UplinkSettings, shutdown: CancellationToken, state: &watch::Sender<UplinkState>) {
+async fn run(
+    hub: Hub,
+    settings: UplinkSettings,
+    shutdown: CancellationToken,
+    state: &watch::Sender<UplinkState>,
+) {
     let config = WebSocketConfig::default()
         .max_frame_size(Some(settings.limits.max_frame_bytes))
         .max_message_size(Some(settings.limits.max_frame_bytes));
@@ -84,7 +95,11 @@ async fn run(hub: Hub, settings: UplinkSettings, shutdown: CancellationToken, st
     let mut attempt = 0u32;
     loop {
         state.send_replace(UplinkState::Connecting);
-        let subprotocols = format!("{}, {}", crate::broker::TOKEN_PROTOCOL, settings.keys.token());
+        let subprotocols = format!(
+            "{}, {}",
+            crate::broker::TOKEN_PROTOCOL,
+            settings.keys.token()
+        );
         let connected = tokio::select! {
             () = shutdown.cancelled() => return,
             result = handshake::connect(target, &subprotocols, config, settings.connect_timeout) => result,
@@ -132,9 +147,13 @@ async fn session(
     if let Err(ending) = send_snapshot(&mut ws, &subscription.snapshot, &Dst::All, timeout).await {
         return Some(describe(&ending));
     }
-    let mut keepalive = tokio::time::interval_at(Instant::now() + settings.keepalive, settings.keepalive);
+    let mut keepalive =
+        tokio::time::interval_at(Instant::now() + settings.keepalive, settings.keepalive);
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut ping = tokio::time::interval_at(Instant::now() + settings.ping_interval, settings.ping_interval);
+    let mut ping = tokio::time::interval_at(
+        Instant::now() + settings.ping_interval,
+        settings.ping_interval,
+    );
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     loop {
@@ -218,7 +237,9 @@ async fn send_snapshot(
     dst: &Dst,
     timeout: Duration,
 ) -> Result<(), Ending> {
-    let messages = snapshot.messages(dst).map(|message| Message::text(message.to_json()));
+    let messages = snapshot
+        .messages(dst)
+        .map(|message| Message::text(message.to_json()));
     socket::send_batch(ws, messages, timeout).await
 }
 
@@ -259,11 +280,15 @@ mod tests {
             let ceiling = BACKOFF_BASE
                 .saturating_mul(1u32 << (attempt - 1).min(16))
                 .min(max);
-            assert!(delay >= ceiling / 2 && delay <= ceiling, "attempt {attempt}: {delay:?}");
+            assert!(
+                delay >= ceiling / 2 && delay <= ceiling,
+                "attempt {attempt}: {delay:?}"
+            );
         }
         assert!(backoff(1, max) <= Duration::from_millis(500));
         assert!(backoff(30, max) >= Duration::from_secs(15));
-        let spread: std::collections::HashSet<Duration> = (0..20).map(|_| backoff(10, max)).collect();
+        let spread: std::collections::HashSet<Duration> =
+            (0..20).map(|_| backoff(10, max)).collect();
         assert!(spread.len() > 1, "jittered");
     }
 }

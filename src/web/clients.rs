@@ -158,8 +158,12 @@ async fn session(mut socket: WebSocket, endpoint: ClientEndpoint, peer: SocketAd
         Ending::Stalled => {
             tracing::warn!(client = %view.id, %peer, "web client dropped: not reading its messages")
         }
-        Ending::Invalid(why) => tracing::warn!(client = %view.id, %peer, "web client closed: {why}"),
-        Ending::TooBig => tracing::warn!(client = %view.id, %peer, "web client closed: frame too big"),
+        Ending::Invalid(why) => {
+            tracing::warn!(client = %view.id, %peer, "web client closed: {why}")
+        }
+        Ending::TooBig => {
+            tracing::warn!(client = %view.id, %peer, "web client closed: frame too big")
+        }
         Ending::PeerGone | Ending::Shutdown => {
             tracing::info!(client = %view.id, %peer, "web client disconnected")
         }
@@ -226,7 +230,10 @@ async fn send_messages(
     endpoint: &ClientEndpoint,
 ) -> Result<(), Ending> {
     // Collected first: a borrowing iterator held across the await would not be `Send`.
-    let texts: Vec<Utf8Bytes> = messages.iter().map(|m| Utf8Bytes::from(m.to_json())).collect();
+    let texts: Vec<Utf8Bytes> = messages
+        .iter()
+        .map(|m| Utf8Bytes::from(m.to_json()))
+        .collect();
     socket::send_batch(socket, socket::texts(texts), endpoint.limits.send_timeout).await
 }
 

@@ -25,7 +25,9 @@ pub async fn bind(ip: IpAddr, port: u16) -> anyhow::Result<TcpListener> {
                 .await
                 .with_context(|| format!("cannot listen on {fallback}"))
         }
-        Err(error) => Err(error).with_context(|| format!("cannot listen on {}", SocketAddr::new(ip, port))),
+        Err(error) => {
+            Err(error).with_context(|| format!("cannot listen on {}", SocketAddr::new(ip, port)))
+        }
     }
 }
 

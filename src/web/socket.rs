@@ -92,8 +92,11 @@ pub fn close_reason(reason: &str) -> &str {
 /// Says goodbye as `ending` calls for, without waiting long for a peer that may be gone.
 pub async fn finish(socket: &mut WebSocket, ending: &Ending, limits: &WsLimits) {
     if let Some(frame) = ending.close_frame() {
-        let _ = tokio::time::timeout(limits.send_timeout, socket.send(Message::Close(Some(frame))))
-            .await;
+        let _ = tokio::time::timeout(
+            limits.send_timeout,
+            socket.send(Message::Close(Some(frame))),
+        )
+        .await;
     }
 }
 

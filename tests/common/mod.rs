@@ -1,0 +1,280 @@
+//! Helpers for tests that run the real `aiot` binary and talk to it over real sockets.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running `aiot` process whose stderr (the log) is collected line by line.
+pub struct Aiot {
+    child: Child,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Aiot {
+    pub fn spawn(args: &[&str]) -> Aiot {
+        Self::spawn_env(args, &[])
+    }
+
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Aiot {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_aiot"));
+        command
+            .args(args)
+            .env("RUST_LOG", "aiot=debug,warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("the aiot binary starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log: Arc<(Mutex<Vec<String>>, Condvar)> = Arc::default();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let (lines, changed) = &*sink;
+                lines.lock().expect("log lock").push(line);
+                changed.notify_all();
+            }
+        });
+        Aiot { child, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits for a log line containing every one of `needles`, and returns it.
+    pub fn wait_for_log(&self, needles: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let (lines, changed) = &*self.log;
+        let mut guard = lines.lock().expect("log lock");
+        loop {
+            if let Some(line) = guard.iter().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no log line with {needles:?} within {timeout:?}; log:\n{}",
+                guard.join("\n")
+            );
+            guard = changed.wait_timeout(guard, left).expect("log lock").0;
+        }
+    }
+
+    pub fn count_log(&self, needle: &str) -> usize {
+        let lines = self.log.0.lock().expect("log lock");
+        lines.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.0.lock().expect("log lock").join("\n")
+    }
+
+    /// The address from the `listening` log line that contains `needle`.
+    pub fn listening(&self, needle: &str) -> SocketAddr {
+        let line = self.wait_for_log(&["listening", needle], TIMEOUT);
+        let addr = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("addr="))
+            .unwrap_or_else(|| panic!("no addr= in {line}"));
+        addr.parse().expect("a socket address")
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal)
+            .expect("signal sent");
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Aiot {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A broker with a fresh key file; returns it, its address, and the key file's directory
+/// (kept alive by the caller).
+pub fn broker_with_keys() -> (Aiot, SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = dir.path().join("keys");
+    let status = Command::new(env!("CARGO_BIN_EXE_aiot"))
+        .args(["keys", "generate", "--key-file"])
+        .arg(&keys)
+        .stdout(Stdio::null())
+        .status()
+        .expect("keys generate runs");
+    assert!(status.success());
+    let broker = Aiot::spawn(&[
+        "broker",
+        "--bind",
+        "127.0.0.1",
+        "--broker-port",
+        "0",
+        "--key-file",
+        keys.to_str().expect("utf-8 path"),
+    ]);
+    let addr = broker.listening("broker");
+    (broker, addr, dir)
+}
+
+pub fn key_file(dir: &tempfile::TempDir) -> String {
+    dir.path()
+        .join("keys")
+        .to_str()
+        .expect("utf-8 path")
+        .to_owned()
+}
+
+/// A gateway on ephemeral ports with its uplink to `broker` (if any); returns it with its
+/// node and web addresses.
+pub fn gateway(
+    broker: Option<(SocketAddr, &str)>,
+    extra: &[&str],
+) -> (Aiot, SocketAddr, SocketAddr) {
+    let mut args: Vec<String> = [
+        "gateway",
+        "--bind",
+        "127.0.0.1",
+        "--gateway-port",
+        "0",
+        "--web-port",
+        "0",
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some((addr, key_file)) = broker {
+        args.extend([
+            "--broker-url".into(),
+            format!("ws://{addr}/gw"),
+            "--key-file".into(),
+            key_file.into(),
+        ]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let gateway = Aiot::spawn(&refs);
+    let node = gateway.listening("websocket nodes");
+    let web = gateway.listening("web clients");
+    (gateway, node, web)
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A websocket peer in a test: a web client, a node or a gateway.
+pub struct Peer {
+    pub ws: Ws,
+}
+
+impl Peer {
+    pub async fn connect(url: &str) -> Peer {
+        let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+        Peer { ws }
+    }
+
+    /// A web client that has said `new`.
+    pub async fn client(url: &str) -> Peer {
+        let mut peer = Peer::connect(url).await;
+        peer.send_json(&serde_json::json!({"type": "new", "data": "client"}))
+            .await;
+        peer
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    pub async fn send_json(&mut self, value: &Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    /// The next JSON text message, skipping pings; `None` at close or timeout.
+    pub async fn next_json(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let message = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
+            match message.ok()? {
+                Message::Text(text) => {
+                    return Some(serde_json::from_str(&text).expect("the server sends JSON"));
+                }
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads until a message matches `wanted`, and returns it; panics after `timeout` with
+    /// what was seen.
+    pub async fn wait_for(&mut self, timeout: Duration, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_json(left).await {
+                Some(message) if wanted(&message) => return message,
+                Some(message) => seen.push(message),
+                None => panic!("no matching message within {timeout:?}; saw {seen:#?}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns its close frame (`None`: closed without one).
+    pub async fn closed(&mut self, timeout: Duration) -> Option<CloseFrame> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("the server did not close within {timeout:?}"),
+                Ok(None) | Ok(Some(Err(_))) => return None,
+                Ok(Some(Ok(Message::Close(frame)))) => return frame,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+}
+
+/// Matches an `update` of `endpoint` (of node `uid`, if given) with `data`.
+pub fn is_update(message: &Value, uid: Option<&str>, endpoint: &str, data: &Value) -> bool {
+    message["type"] == "update"
+        && message["endpoint"] == endpoint
+        && &message["data"] == data
+        && uid.is_none_or(|uid| message["uid"] == uid)
+}
