@@ -135,11 +135,13 @@ impl Table {
                 ref uid,
                 ref endpoint,
                 ref data,
-                dst: _,
+                ref dst,
             } => {
                 let history_points = self.history_points;
                 let node = self.owned(source, uid)?;
-                if let Some(number) = reading::numeric(data) {
+                // A replay for one client repeats a value already recorded.
+                let fresh = *dst == Dst::All;
+                if let Some(number) = reading::numeric(data).filter(|_| fresh) {
                     let ring = node.history.entry(endpoint.clone()).or_default();
                     if ring.len() == history_points {
                         ring.pop_front();
@@ -330,6 +332,14 @@ mod tests {
             Some(vec![(1, 21.0), (3, 22.0), (4, 23.0)])
         );
         assert_eq!(table.history("n", "name"), None);
+        let replay = NodeMessage::Update {
+            uid: "n".into(),
+            endpoint: "temperature".into(),
+            data: json!("23°C"),
+            dst: Dst::Client("c".into()),
+        };
+        table.apply(A, replay, 9).expect("replay");
+        assert_eq!(table.history("n", "temperature").map(|h| h.len()), Some(3));
     }
 
     #[test]
