@@ -84,6 +84,7 @@ pub struct LimitsConfig {
     pub send_timeout_secs: u64,
     pub peer_queue: usize,
     pub max_nodes: usize,
+    pub max_resources_per_node: usize,
     pub history_points: usize,
     pub event_backlog: usize,
 }
@@ -132,6 +133,7 @@ impl Default for LimitsConfig {
             send_timeout_secs: limits::SEND_TIMEOUT_SECS,
             peer_queue: limits::PEER_QUEUE,
             max_nodes: limits::MAX_NODES,
+            max_resources_per_node: limits::MAX_RESOURCES,
             history_points: limits::HISTORY_POINTS,
             event_backlog: limits::EVENT_BACKLOG,
         }
@@ -163,6 +165,10 @@ impl Config {
             ("limits.send_timeout_secs", self.limits.send_timeout_secs),
             ("limits.peer_queue", self.limits.peer_queue as u64),
             ("limits.max_nodes", self.limits.max_nodes as u64),
+            (
+                "limits.max_resources_per_node",
+                self.limits.max_resources_per_node as u64,
+            ),
             ("limits.event_backlog", self.limits.event_backlog as u64),
             ("uplink.keepalive_secs", self.uplink.keepalive_secs),
             ("uplink.ping_interval_secs", self.uplink.ping_interval_secs),
@@ -218,6 +224,7 @@ impl Config {
     pub fn hub(&self) -> HubConfig {
         HubConfig {
             max_nodes: self.limits.max_nodes,
+            max_resources: self.limits.max_resources_per_node,
             history_points: self.limits.history_points,
             event_backlog: self.limits.event_backlog,
         }

@@ -126,12 +126,7 @@ async fn session(mut socket: WebSocket, endpoint: NodeEndpoint, peer: SocketAddr
         };
     }
     let ending = ending.unwrap_or(Ending::PeerGone);
-    match &ending {
-        Ending::Invalid(why) => tracing::warn!(%uid, %peer, "websocket node closed: {why}"),
-        Ending::TooBig => tracing::warn!(%uid, %peer, "websocket node closed: frame too big"),
-        Ending::Stalled => tracing::warn!(%uid, %peer, "websocket node dropped: not reading"),
-        Ending::PeerGone | Ending::Shutdown => tracing::info!(%uid, %peer, "websocket node gone"),
-    }
+    ending.log("websocket node", &format_args!("{uid} at {peer}"));
     source.close().await;
     socket::finish(&mut socket, &ending, limits).await;
 }

@@ -54,12 +54,7 @@ pub async fn run(
             }
         }
     };
-    match &ending {
-        Ending::Invalid(why) => tracing::warn!(%peer, "gateway closed: {why}"),
-        Ending::TooBig => tracing::warn!(%peer, "gateway closed: frame too big"),
-        Ending::Stalled => tracing::warn!(%peer, "gateway dropped: not reading its messages"),
-        Ending::PeerGone | Ending::Shutdown => tracing::info!(%peer, "gateway disconnected"),
-    }
+    ending.log("gateway", &peer);
     source.close().await;
     socket::finish(&mut socket, &ending, &limits).await;
 }

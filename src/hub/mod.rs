@@ -109,6 +109,7 @@ enum Request {
 #[derive(Debug, Clone)]
 pub struct HubConfig {
     pub max_nodes: usize,
+    pub max_resources: usize,
     pub history_points: usize,
     pub event_backlog: usize,
 }
@@ -118,6 +119,7 @@ impl Default for HubConfig {
         use crate::proto::limits;
         HubConfig {
             max_nodes: limits::MAX_NODES,
+            max_resources: limits::MAX_RESOURCES,
             history_points: limits::HISTORY_POINTS,
             event_backlog: limits::EVENT_BACKLOG,
         }
@@ -152,7 +154,11 @@ impl Hub {
         let (events, _) = broadcast::channel(config.event_backlog);
         let stats = Arc::new(HubStats::default());
         let actor = Actor {
-            table: table::Table::new(config.max_nodes, config.history_points),
+            table: table::Table::new(
+                config.max_nodes,
+                config.max_resources,
+                config.history_points,
+            ),
             sources: Vec::new(),
             next_source: 1,
             events,
@@ -336,7 +342,10 @@ impl Actor {
                     Err(refusal) => {
                         self.stats.refused.fetch_add(1, Ordering::Relaxed);
                         match refusal {
-                            Refusal::Full { .. } => tracing::warn!(source = ?source, "{refusal}"),
+                            Refusal::Full { .. }
+                            | Refusal::TooManyResources { first: true, .. } => {
+                                tracing::warn!(source = ?source, "{refusal}")
+                            }
                             _ => tracing::debug!(source = ?source, "{refusal}"),
                         }
                     }

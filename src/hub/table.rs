@@ -21,6 +21,8 @@ struct Node {
     owner: SourceId,
     resources: IndexMap<String, Value>,
     history: HashMap<String, VecDeque<Point>>,
+    /// Whether this node was already refused a resource, so the log says it once.
+    over_resource_limit: bool,
 }
 
 /// A node as a snapshot shows it.
@@ -66,6 +68,12 @@ pub enum Refusal {
     NotOwner(String),
     #[error("node {uid} refused: the table is full ({max} nodes)")]
     Full { uid: String, max: usize },
+    #[error("node {uid} refused a new resource: it has {max} already")]
+    TooManyResources {
+        uid: String,
+        max: usize,
+        first: bool,
+    },
     #[error("keep-alive is not a node message")]
     KeepAlive,
 }
@@ -74,14 +82,16 @@ pub enum Refusal {
 pub struct Table {
     nodes: IndexMap<String, Node>,
     max_nodes: usize,
+    max_resources: usize,
     history_points: usize,
 }
 
 impl Table {
-    pub fn new(max_nodes: usize, history_points: usize) -> Self {
+    pub fn new(max_nodes: usize, max_resources: usize, history_points: usize) -> Self {
         Table {
             nodes: IndexMap::new(),
             max_nodes,
+            max_resources,
             history_points,
         }
     }
@@ -127,6 +137,7 @@ impl Table {
                         owner: source,
                         resources: IndexMap::new(),
                         history: HashMap::new(),
+                        over_resource_limit: false,
                     },
                 );
                 Ok(Some(message))
@@ -137,8 +148,17 @@ impl Table {
                 ref data,
                 ref dst,
             } => {
-                let history_points = self.history_points;
+                let (history_points, max_resources) = (self.history_points, self.max_resources);
                 let node = self.owned(source, uid)?;
+                if node.resources.len() >= max_resources && !node.resources.contains_key(endpoint) {
+                    let first = !node.over_resource_limit;
+                    node.over_resource_limit = true;
+                    return Err(Refusal::TooManyResources {
+                        uid: uid.clone(),
+                        max: max_resources,
+                        first,
+                    });
+                }
                 // A replay for one client repeats a value already recorded.
                 let fresh = *dst == Dst::All;
                 if let Some(number) = reading::numeric(data).filter(|_| fresh) {
@@ -167,6 +187,7 @@ impl Table {
                 let node = self.owned(source, uid)?;
                 node.resources.clear();
                 node.history.clear();
+                node.over_resource_limit = false;
                 Ok(Some(message))
             }
             NodeMessage::Alive => Err(Refusal::KeepAlive),
@@ -244,7 +265,7 @@ mod tests {
 
     #[test]
     fn updates_need_the_owner() {
-        let mut table = Table::new(10, 4);
+        let mut table = Table::new(10, 8, 4);
         assert_eq!(table.apply(A, new("n"), 0), Ok(Some(new("n"))));
         assert!(table.apply(A, update("n", "led", json!("1")), 0).is_ok());
         assert_eq!(
@@ -267,7 +288,7 @@ mod tests {
 
     #[test]
     fn a_repeated_new_is_quiet_but_a_move_is_announced() {
-        let mut table = Table::new(10, 4);
+        let mut table = Table::new(10, 8, 4);
         table.apply(A, new("n"), 0).expect("new");
         assert_eq!(table.apply(A, new("n"), 0), Ok(None));
         assert_eq!(table.apply(B, new("n"), 0), Ok(Some(new("n"))));
@@ -281,7 +302,7 @@ mod tests {
 
     #[test]
     fn snapshot_replays_in_arrival_order() {
-        let mut table = Table::new(10, 4);
+        let mut table = Table::new(10, 8, 4);
         for message in [
             new("a"),
             update("a", "protocol", json!("WebSocket")),
@@ -320,7 +341,7 @@ mod tests {
 
     #[test]
     fn history_is_bounded_and_numeric_only() {
-        let mut table = Table::new(10, 3);
+        let mut table = Table::new(10, 8, 3);
         table.apply(A, new("n"), 0).expect("new");
         for (t, value) in ["20°C", "21°C", "riot", "22°C", "23°C"].iter().enumerate() {
             table
@@ -344,7 +365,7 @@ mod tests {
 
     #[test]
     fn reset_clears_values_and_removing_a_source_outs_its_nodes() {
-        let mut table = Table::new(10, 3);
+        let mut table = Table::new(10, 8, 3);
         table.apply(A, new("a1"), 0).expect("new");
         table
             .apply(A, update("a1", "t", json!(1)), 0)
@@ -366,8 +387,30 @@ mod tests {
     }
 
     #[test]
+    fn a_node_cannot_grow_past_its_resource_limit_but_can_update() {
+        let mut table = Table::new(10, 2, 3);
+        table.apply(A, new("n"), 0).expect("new");
+        table.apply(A, update("n", "a", json!(1)), 0).expect("a");
+        table.apply(A, update("n", "b", json!(1)), 0).expect("b");
+        let refused = |first| Refusal::TooManyResources {
+            uid: "n".into(),
+            max: 2,
+            first,
+        };
+        assert_eq!(
+            table.apply(A, update("n", "c", json!(1)), 0),
+            Err(refused(true))
+        );
+        assert_eq!(
+            table.apply(A, update("n", "d", json!(1)), 0),
+            Err(refused(false))
+        );
+        assert!(table.apply(A, update("n", "a", json!(2)), 0).is_ok());
+    }
+
+    #[test]
     fn a_full_table_refuses_new_nodes_only() {
-        let mut table = Table::new(1, 3);
+        let mut table = Table::new(1, 8, 3);
         table.apply(A, new("a"), 0).expect("new");
         assert_eq!(
             table.apply(A, new("b"), 0),

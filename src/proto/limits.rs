@@ -21,5 +21,9 @@ pub const PEER_QUEUE: usize = 256;
 /// Nodes a hub holds at most; a new node past this is refused and logged.
 pub const MAX_NODES: usize = 10_000;
 
+/// Resources one node may have. pyaiot's richest nodes have about 20; a node that keeps
+/// inventing names is refused past this instead of growing the table.
+pub const MAX_RESOURCES: usize = 128;
+
 /// Numeric readings kept per resource for charts.
 pub const HISTORY_POINTS: usize = 120;

@@ -154,20 +154,7 @@ async fn session(mut socket: WebSocket, endpoint: ClientEndpoint, peer: SocketAd
             }
         }
     };
-    match &ending {
-        Ending::Stalled => {
-            tracing::warn!(client = %view.id, %peer, "web client dropped: not reading its messages")
-        }
-        Ending::Invalid(why) => {
-            tracing::warn!(client = %view.id, %peer, "web client closed: {why}")
-        }
-        Ending::TooBig => {
-            tracing::warn!(client = %view.id, %peer, "web client closed: frame too big")
-        }
-        Ending::PeerGone | Ending::Shutdown => {
-            tracing::info!(client = %view.id, %peer, "web client disconnected")
-        }
-    }
+    ending.log("web client", &format_args!("{} at {peer}", view.id));
     socket::finish(&mut socket, &ending, &endpoint.limits).await;
 }
 

@@ -32,6 +32,7 @@ impl Default for WsLimits {
 /// Close codes of RFC 6455 §7.4.1 that we send.
 mod code {
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
     pub const UNSUPPORTED: u16 = 1003;
     pub const TOO_BIG: u16 = 1009;
 }
@@ -47,17 +48,26 @@ pub enum Ending {
     Invalid(String),
     /// The peer sent a frame over the limit: close 1009.
     TooBig,
+    /// The peer broke the websocket framing rules: close 1002.
+    ProtocolError(String),
     /// The peer did not take our messages in time; dropped without a goodbye, since it is not
     /// reading anyway.
     Stalled,
 }
 
 impl Ending {
-    /// Classifies a receive error: an oversize frame is the peer's fault and gets its 1009;
-    /// anything else means the connection is gone.
+    /// Classifies a receive error: an oversize frame is the peer's fault and gets its 1009; a
+    /// text frame that is not UTF-8 is not JSON either and gets its 1003; anything else means
+    /// the connection is gone.
     pub fn from_receive_error(error: axum::Error) -> Self {
         match error.into_inner().downcast_ref::<tungstenite::Error>() {
             Some(tungstenite::Error::Capacity(_)) => Ending::TooBig,
+            Some(tungstenite::Error::Utf8(_)) => {
+                Ending::Invalid("Only JSON format is supported: invalid UTF-8.".into())
+            }
+            Some(tungstenite::Error::Protocol(violation)) => {
+                Ending::ProtocolError(violation.to_string())
+            }
             _ => Ending::PeerGone,
         }
     }
@@ -68,11 +78,28 @@ impl Ending {
             Ending::Shutdown => (code::GOING_AWAY, "server shutting down"),
             Ending::Invalid(reason) => (code::UNSUPPORTED, reason.as_str()),
             Ending::TooBig => (code::TOO_BIG, "message too big"),
+            Ending::ProtocolError(why) => (code::PROTOCOL_ERROR, why.as_str()),
         };
         Some(CloseFrame {
             code,
             reason: Utf8Bytes::from(close_reason(reason)),
         })
+    }
+}
+
+impl Ending {
+    /// Logs how a session with `peer` (e.g. "web client", "gateway") ended: what the peer did
+    /// wrong is a warning, a normal end is news.
+    pub fn log(&self, peer: &str, who: &dyn std::fmt::Display) {
+        match self {
+            Ending::Invalid(why) => tracing::warn!(%who, "{peer} closed: {why}"),
+            Ending::TooBig => tracing::warn!(%who, "{peer} closed: frame too big"),
+            Ending::ProtocolError(why) => {
+                tracing::warn!(%who, "{peer} closed: websocket protocol error: {why}")
+            }
+            Ending::Stalled => tracing::warn!(%who, "{peer} dropped: not reading its messages"),
+            Ending::PeerGone | Ending::Shutdown => tracing::info!(%who, "{peer} disconnected"),
+        }
     }
 }
 

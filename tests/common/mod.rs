@@ -278,3 +278,93 @@ pub fn is_update(message: &Value, uid: Option<&str>, endpoint: &str, data: &Valu
         && &message["data"] == data
         && uid.is_none_or(|uid| message["uid"] == uid)
 }
+
+/// Like [`broker_with_keys`], with extra arguments for the broker (e.g. `--config FILE`).
+pub fn broker_with_keys_args(extra: &[&str]) -> (Aiot, SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let keys = dir.path().join("keys");
+    let status = Command::new(env!("CARGO_BIN_EXE_aiot"))
+        .args(["keys", "generate", "--key-file"])
+        .arg(&keys)
+        .stdout(Stdio::null())
+        .status()
+        .expect("keys generate runs");
+    assert!(status.success());
+    let mut args = vec![
+        "broker",
+        "--bind",
+        "127.0.0.1",
+        "--broker-port",
+        "0",
+        "--key-file",
+        keys.to_str().expect("utf-8 path"),
+    ];
+    args.extend_from_slice(extra);
+    let broker = Aiot::spawn(&args);
+    let addr = broker.listening("broker");
+    (broker, addr, dir)
+}
+
+/// Writes `text` as a config file in `dir` and returns its path, for `--config`.
+pub fn config_file(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("aiot.toml");
+    std::fs::write(&path, text).expect("config file written");
+    path.to_str().expect("utf-8 path").to_owned()
+}
+
+impl Peer {
+    /// A gateway on the broker's `/gw`, authenticated with the token of `key_file`, as a pyaiot
+    /// gateway does it (`Sec-WebSocket-Protocol: token, <T>`).
+    pub async fn gateway(broker: SocketAddr, key_file: &str) -> Peer {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::HeaderValue;
+        let token = aiot::keys::Keys::load(std::path::Path::new(key_file))
+            .expect("the key file loads")
+            .token();
+        let mut request = format!("ws://{broker}/gw")
+            .into_client_request()
+            .expect("a valid request");
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_str(&format!("token, {token}")).expect("a header value"),
+        );
+        let (ws, _) = tokio::time::timeout(TIMEOUT, tokio_tungstenite::connect_async(request))
+            .await
+            .expect("connect in time")
+            .unwrap_or_else(|e| panic!("connect to {broker}/gw as a gateway: {e}"));
+        Peer { ws }
+    }
+
+    /// A websocket node on a gateway's `/node`, past the gateway's `discover` request.
+    pub async fn node(gateway: SocketAddr) -> Peer {
+        let mut node = Peer::connect(&format!("ws://{gateway}/node")).await;
+        assert_eq!(
+            node.next_json(TIMEOUT).await,
+            Some(serde_json::json!({"request": "discover"})),
+            "the gateway asks a new node to discover"
+        );
+        node
+    }
+}
+
+impl Aiot {
+    /// Waits until at least `count` log lines contain `needle`; returns how many do.
+    pub fn wait_for_count(&self, needle: &str, count: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        let (lines, changed) = &*self.log;
+        let mut guard = lines.lock().expect("log lock");
+        loop {
+            let seen = guard.iter().filter(|l| l.contains(needle)).count();
+            if seen >= count {
+                return seen;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{seen} log lines with {needle:?} within {timeout:?}, not {count}; log:\n{}",
+                guard.join("\n")
+            );
+            guard = changed.wait_timeout(guard, left).expect("log lock").0;
+        }
+    }
+}
