@@ -9,8 +9,8 @@ use anyhow::Context as _;
 
 use crate::broker::{self, BrokerSettings};
 use crate::cli::{
-    BrokerArgs, Cli, Command, ConfigCommand, DemoArgs, GatewayArgs, KeysCommand, NodeCommand,
-    WsNodeArgs,
+    BrokerArgs, Cli, Command, ConfigCommand, DashboardArgs, DemoArgs, GatewayArgs, KeysCommand,
+    LookArgs, NodeCommand, WsNodeArgs,
 };
 use crate::config::{Config, DEFAULT_TOML};
 use crate::gateway::{self, GatewayListeners, GatewaySettings};
@@ -42,6 +42,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("wrote {}", path.display());
             return Ok(ExitCode::SUCCESS);
         }
+        // The bench runs the roles as child processes and its own runtime for the load.
+        Command::Bench(args) => return crate::bench::run(args, cli.config.as_deref()),
         _ => {}
     }
     init_tracing(config.log.debug);
@@ -55,8 +57,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Broker(args) => start_broker(&supervisor, config, args).await?,
             Command::Gateway(args) => start_gateway(&supervisor, config, args).await?,
             Command::Node(NodeCommand::Ws(args)) => start_ws_nodes(&supervisor, args)?,
+            Command::Dashboard(args) => start_dashboard(&supervisor, config, args).await?,
             Command::Demo(args) => start_demo(&supervisor, config, args).await?,
-            Command::Config(_) | Command::Keys(_) => unreachable!("handled above"),
+            Command::Config(_) | Command::Keys(_) | Command::Bench(_) => {
+                unreachable!("handled above")
+            }
         }
         supervisor.run_until_signal().await
     })?;
@@ -82,6 +87,21 @@ fn init_tracing(debug: bool) {
         .init();
 }
 
+/// Applies the look flags shared by every role that serves the web UI.
+fn apply_look(config: &mut Config, look: LookArgs) {
+    let section = &mut config.dashboard;
+    section.title = look.title.unwrap_or(std::mem::take(&mut section.title));
+    for (flag, slot) in [
+        (look.logo, &mut section.logo),
+        (look.favicon, &mut section.favicon),
+        (look.camera_url, &mut section.camera_url),
+    ] {
+        if flag.is_some() {
+            *slot = flag;
+        }
+    }
+}
+
 fn load_keys(config: &Config) -> anyhow::Result<Keys> {
     let path = config.key_file();
     Keys::load(&path).with_context(|| {
@@ -102,6 +122,7 @@ async fn start_broker(
     if args.key_file.is_some() {
         config.keys.file = args.key_file;
     }
+    apply_look(&mut config, args.look);
     config.check().map_err(anyhow::Error::msg)?;
     let keys = load_keys(&config)?;
     let listener = web::bind(config.broker.bind, config.broker.port).await?;
@@ -112,6 +133,7 @@ async fn start_broker(
             keys,
             limits: config.ws_limits(),
             hub: config.hub(),
+            dashboard: config.dashboard_config(),
         },
     );
     Ok(())
@@ -148,6 +170,7 @@ async fn start_gateway(
     if args.key_file.is_some() {
         config.keys.file = args.key_file;
     }
+    apply_look(&mut config, args.look);
     config.check().map_err(anyhow::Error::msg)?;
     let uplink = match config.broker_url() {
         Some(url) => Some(uplink_settings(&config, &url, load_keys(&config)?)?),
@@ -164,8 +187,36 @@ async fn start_gateway(
             limits: config.ws_limits(),
             hub: config.hub(),
             uplink,
+            dashboard: config.dashboard_config(),
         },
     );
+    Ok(())
+}
+
+async fn start_dashboard(
+    supervisor: &Supervisor,
+    mut config: Config,
+    args: DashboardArgs,
+) -> anyhow::Result<()> {
+    let section = &mut config.dashboard;
+    section.bind = args.bind.unwrap_or(section.bind);
+    section.port = args.web_port.unwrap_or(section.port);
+    section.broker_host = args
+        .broker_host
+        .unwrap_or(std::mem::take(&mut section.broker_host));
+    section.broker_port = args.broker_port.unwrap_or(section.broker_port);
+    section.broker_ssl |= args.broker_ssl;
+    apply_look(&mut config, args.look);
+    config.check().map_err(anyhow::Error::msg)?;
+    let section = &config.dashboard;
+    let mut dashboard = config.dashboard_config();
+    dashboard.ws_url = Some(crate::dashboard::broker_ws_url(
+        &section.broker_host,
+        section.broker_port,
+        section.broker_ssl,
+    ));
+    let listener = web::bind(section.bind, section.port).await?;
+    crate::dashboard::start(supervisor, listener, dashboard);
     Ok(())
 }
 
@@ -198,7 +249,12 @@ fn start_ws_nodes(supervisor: &Supervisor, args: WsNodeArgs) -> anyhow::Result<(
     Ok(())
 }
 
-async fn start_demo(supervisor: &Supervisor, config: Config, args: DemoArgs) -> anyhow::Result<()> {
+async fn start_demo(
+    supervisor: &Supervisor,
+    mut config: Config,
+    args: DemoArgs,
+) -> anyhow::Result<()> {
+    apply_look(&mut config, args.look);
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     // The demo's broker and gateway share keys that live only in this process.
     let keys = Keys::generate();
@@ -211,6 +267,7 @@ async fn start_demo(supervisor: &Supervisor, config: Config, args: DemoArgs) -> 
             keys: keys.clone(),
             limits: config.ws_limits(),
             hub: config.hub(),
+            dashboard: config.dashboard_config(),
         },
     );
     let listeners = GatewayListeners {
@@ -227,6 +284,7 @@ async fn start_demo(supervisor: &Supervisor, config: Config, args: DemoArgs) -> 
             limits: config.ws_limits(),
             hub: config.hub(),
             uplink: Some(uplink),
+            dashboard: config.dashboard_config(),
         },
     );
     sim::ws::start(
@@ -244,11 +302,10 @@ async fn start_demo(supervisor: &Supervisor, config: Config, args: DemoArgs) -> 
     );
     println!(
         "aiot demo is running on loopback:\n\
-         \x20 central broker   ws://{broker_addr}/ws   (web clients; gateways on /gw)\n\
-         \x20 gateway          ws://{web_addr}/ws   (local web clients)\n\
-         \x20 websocket nodes  ws://{node_addr}/node  ({} simulated nodes with LED, temperature, pressure)\n\
-         Send {{\"type\":\"new\",\"data\":\"client\"}} on a /ws URL to receive every node and its live values.\n\
-         Press Ctrl-C to stop.",
+         \x20 central dashboard  http://{broker_addr}/   (broker: web clients on /ws, gateways on /gw)\n\
+         \x20 gateway dashboard  http://{web_addr}/   (the on-device UI; web clients on /ws)\n\
+         \x20 websocket nodes    ws://{node_addr}/node  ({} simulated nodes with LED, temperature, pressure)\n\
+         Open a dashboard in a browser; press Ctrl-C to stop.",
         args.nodes
     );
     Ok(())

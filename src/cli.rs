@@ -40,8 +40,49 @@ pub enum Command {
     /// Print or check configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The web UI alone, for a broker elsewhere (aiot's or pyaiot's).
+    Dashboard(DashboardArgs),
     /// Broker, gateway and simulated nodes in one process on loopback.
     Demo(DemoArgs),
+    /// Load test: nodes through a gateway and a broker to web clients; prints figures.
+    Bench(crate::bench::BenchArgs),
+}
+
+/// How the web UI looks, on every role that serves it.
+#[derive(Debug, Args, Default)]
+pub struct LookArgs {
+    /// Page title.
+    #[arg(long)]
+    pub title: Option<String>,
+    /// URL of a logo for the page header.
+    #[arg(long, value_name = "URL")]
+    pub logo: Option<String>,
+    /// URL of the page's icon.
+    #[arg(long, value_name = "URL")]
+    pub favicon: Option<String>,
+    /// URL of a camera image shown on the page.
+    #[arg(long, value_name = "URL")]
+    pub camera_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    pub bind: Option<IpAddr>,
+    /// HTTP port of the web UI.
+    #[arg(long)]
+    pub web_port: Option<u16>,
+    /// The broker the page talks to.
+    #[arg(long)]
+    pub broker_host: Option<String>,
+    #[arg(long)]
+    pub broker_port: Option<u16>,
+    /// Talk to the broker over wss://.
+    #[arg(long)]
+    pub broker_ssl: bool,
+    #[command(flatten)]
+    pub look: LookArgs,
 }
 
 #[derive(Debug, Args)]
@@ -55,6 +96,8 @@ pub struct BrokerArgs {
     /// The pyaiot key file.
     #[arg(long, value_name = "PATH")]
     pub key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub look: LookArgs,
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +126,8 @@ pub struct GatewayArgs {
     /// Seconds without news before a node is out.
     #[arg(long, value_name = "SECONDS")]
     pub max_time: Option<u64>,
+    #[command(flatten)]
+    pub look: LookArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,4 +197,6 @@ pub struct DemoArgs {
     /// Seconds between readings.
     #[arg(long, default_value_t = 2.0)]
     pub interval: f64,
+    #[command(flatten)]
+    pub look: LookArgs,
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::hub::HubConfig;
+use crate::web::api::DashboardConfig;
 use crate::web::socket::WsLimits;
 
 /// The commented default configuration, as `aiot config default` prints it.
@@ -34,7 +35,40 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub gateway: GatewayConfig,
     pub uplink: UplinkConfig,
+    pub dashboard: DashboardSection,
     pub limits: LimitsConfig,
+}
+
+/// The web UI's looks (every role serves it) and, for `aiot dashboard`, where it listens and
+/// which broker the browser talks to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardSection {
+    pub title: String,
+    pub logo: Option<String>,
+    pub favicon: Option<String>,
+    pub camera_url: Option<String>,
+    pub bind: IpAddr,
+    pub port: u16,
+    pub broker_host: String,
+    pub broker_port: u16,
+    pub broker_ssl: bool,
+}
+
+impl Default for DashboardSection {
+    fn default() -> Self {
+        DashboardSection {
+            title: "aiot".into(),
+            logo: None,
+            favicon: None,
+            camera_url: None,
+            bind: ANY,
+            port: 8080,
+            broker_host: "localhost".into(),
+            broker_port: 8000,
+            broker_ssl: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -182,6 +216,9 @@ impl Config {
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{key} must be greater than 0"));
         }
+        if self.dashboard.title.trim().is_empty() {
+            return Err("dashboard.title must not be empty".into());
+        }
         if self.limits.max_frame_bytes < 1024 {
             return Err("limits.max_frame_bytes must be at least 1024".into());
         }
@@ -211,6 +248,28 @@ impl Config {
             host.clone()
         };
         Some(format!("ws://{host}:{}/gw", self.uplink.broker_port))
+    }
+
+    /// What the page shows; `ws_url` is only set by the standalone dashboard.
+    pub fn dashboard_config(&self) -> DashboardConfig {
+        // Without a configured logo or icon the page shows aiot's own.
+        DashboardConfig {
+            title: self.dashboard.title.clone(),
+            logo: Some(
+                self.dashboard
+                    .logo
+                    .clone()
+                    .unwrap_or_else(|| "/static/logo.svg".into()),
+            ),
+            favicon: Some(
+                self.dashboard
+                    .favicon
+                    .clone()
+                    .unwrap_or_else(|| "/static/favicon.svg".into()),
+            ),
+            camera_url: self.dashboard.camera_url.clone(),
+            ws_url: None,
+        }
     }
 
     pub fn ws_limits(&self) -> WsLimits {

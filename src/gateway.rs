@@ -1,6 +1,8 @@
 //! `aiot gateway`: the device adapters, the hub, the local `/ws` endpoint for the on-device
 //! dashboard, and the optional uplink to a central broker.
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -10,6 +12,7 @@ use crate::adapters::ws_node;
 use crate::hub::{Hub, HubConfig};
 use crate::runtime::Supervisor;
 use crate::uplink::{self, UplinkSettings, UplinkState};
+use crate::web::api::{Api, DashboardConfig, Role};
 use crate::web::{self, clients::ClientEndpoint, socket::WsLimits};
 
 #[derive(Debug, Clone)]
@@ -18,6 +21,7 @@ pub struct GatewaySettings {
     pub hub: HubConfig,
     /// `None`: standalone, local dashboard only.
     pub uplink: Option<UplinkSettings>,
+    pub dashboard: DashboardConfig,
 }
 
 /// The gateway's listeners, bound by the caller (tests bind port 0).
@@ -47,17 +51,6 @@ pub fn start(
     }
     web::serve(supervisor, "websocket nodes", listeners.node, nodes);
 
-    let clients = ClientEndpoint {
-        hub: hub.clone(),
-        limits: settings.limits,
-        supervisor: supervisor.clone(),
-    };
-    let router = Router::new().route("/ws", get(web::clients::upgrade).with_state(clients));
-    if let Ok(addr) = listeners.web.local_addr() {
-        tracing::info!(role = "gateway", %addr, "listening for web clients on /ws");
-    }
-    web::serve(supervisor, "gateway web", listeners.web, router);
-
     let uplink = match settings.uplink {
         Some(uplink) => {
             tracing::info!(broker = %uplink.target, "uplink enabled");
@@ -68,5 +61,25 @@ pub fn start(
             None
         }
     };
+
+    let clients = ClientEndpoint {
+        hub: hub.clone(),
+        limits: settings.limits,
+        supervisor: supervisor.clone(),
+    };
+    let api = Api {
+        role: Role::Gateway,
+        dashboard: Arc::new(settings.dashboard),
+        hub: Some(hub.clone()),
+        uplink: uplink.clone(),
+        metrics: hub.metrics().clone(),
+    };
+    let router = Router::new()
+        .route("/ws", get(web::clients::upgrade).with_state(clients))
+        .merge(web::dashboard(api));
+    if let Ok(addr) = listeners.web.local_addr() {
+        tracing::info!(role = "gateway", %addr, "listening for web clients on /ws (dashboard on /)");
+    }
+    web::serve(supervisor, "gateway web", listeners.web, router);
     Gateway { hub, uplink }
 }

@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::hub::{Hub, SourceCommand};
+use crate::metrics::Channel;
 use crate::proto::broker::{Dst, NodeMessage};
 use crate::proto::node_ws::{FromNode, ToNode};
 use crate::runtime::Supervisor;
@@ -73,6 +74,19 @@ async fn session(mut socket: WebSocket, endpoint: NodeEndpoint, peer: SocketAddr
         return;
     };
     tracing::info!(%uid, %peer, "websocket node connected");
+    let metrics = endpoint.hub.metrics().clone();
+    let _open = metrics.connection(Channel::WebSocketNode);
+    let received = |text: &str| {
+        metrics.received(Channel::WebSocketNode, 1);
+        FromNode::parse(text)
+    };
+    let sent = |result: Result<u64, Ending>| match result {
+        Ok(n) => {
+            metrics.sent(Channel::WebSocketNode, n);
+            None
+        }
+        Err(ending) => Some(ending),
+    };
     source
         .send(NodeMessage::New {
             uid: uid.clone(),
@@ -83,14 +97,12 @@ async fn session(mut socket: WebSocket, endpoint: NodeEndpoint, peer: SocketAddr
         .send(update(&uid, "protocol".into(), Value::from(PROTOCOL)))
         .await;
     let discover = Message::Text(Utf8Bytes::from_static(crate::proto::node_ws::DISCOVER));
-    let mut ending = socket::send_batch(&mut socket, [discover], limits.send_timeout)
-        .await
-        .err();
+    let mut ending = sent(socket::send_batch(&mut socket, [discover], limits.send_timeout).await);
     while ending.is_none() {
         ending = tokio::select! {
             () = shutdown.cancelled() => Some(Ending::Shutdown),
             incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Text(text))) => match FromNode::parse(&text) {
+                Some(Ok(Message::Text(text))) => match received(&text) {
                     Ok(FromNode::Update(resources)) => {
                         for (name, value) in resources {
                             source.send(update(&uid, name, value)).await;
@@ -117,16 +129,19 @@ async fn session(mut socket: WebSocket, endpoint: NodeEndpoint, peer: SocketAddr
                         payload: write.payload,
                     }
                     .to_json();
-                    socket::send_batch(&mut socket, [Message::Text(text.into())], limits.send_timeout)
-                        .await
-                        .err()
+                    sent(socket::send_batch(&mut socket, [Message::Text(text.into())], limits.send_timeout).await)
                 }
                 SourceCommand::ClientHello { .. } => None,
             },
         };
     }
     let ending = ending.unwrap_or(Ending::PeerGone);
-    ending.log("websocket node", &format_args!("{uid} at {peer}"));
+    ending.record(
+        "websocket node",
+        &format_args!("{uid} at {peer}"),
+        &metrics,
+        Channel::WebSocketNode,
+    );
     source.close().await;
     socket::finish(&mut socket, &ending, limits).await;
 }

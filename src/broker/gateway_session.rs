@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, SourceCommand};
+use crate::metrics::Channel;
 use crate::proto::broker::{BrokerRequest, NodeMessage};
 use crate::web::socket::{self, Ending, WsLimits};
 
@@ -23,12 +24,17 @@ pub async fn run(
         return;
     };
     tracing::info!(%peer, "gateway connected");
+    let metrics = hub.metrics().clone();
+    let _open = metrics.connection(Channel::Gateway);
     let ending = loop {
         tokio::select! {
             () = shutdown.cancelled() => break Ending::Shutdown,
             incoming = socket.recv() => {
                 let text = match incoming {
-                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Text(text))) => {
+                        metrics.received(Channel::Gateway, 1);
+                        text
+                    }
                     Some(Ok(Message::Binary(_))) => {
                         break Ending::Invalid("Invalid message: binary frames are not supported".into())
                     }
@@ -48,13 +54,14 @@ pub async fn run(
                     SourceCommand::Write { write, src } => BrokerRequest::Write { write, src },
                 };
                 let text = socket::text(bytes::Bytes::from(request.to_json()));
-                if let Err(ending) = socket::send_batch(&mut socket, socket::texts([text]), limits.send_timeout).await {
-                    break ending;
+                match socket::send_batch(&mut socket, socket::texts([text]), limits.send_timeout).await {
+                    Ok(sent) => metrics.sent(Channel::Gateway, sent),
+                    Err(ending) => break ending,
                 }
             }
         }
     };
-    ending.log("gateway", &peer);
+    ending.record("gateway", &peer, &metrics, Channel::Gateway);
     source.close().await;
     socket::finish(&mut socket, &ending, &limits).await;
 }

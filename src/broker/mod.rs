@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use crate::hub::{Hub, HubConfig};
 use crate::keys::Keys;
 use crate::runtime::Supervisor;
+use crate::web::api::{Api, DashboardConfig, Role};
 use crate::web::{self, clients::ClientEndpoint, socket::WsLimits};
 
 pub use auth::TOKEN_PROTOCOL;
@@ -29,6 +30,7 @@ pub struct BrokerSettings {
     pub keys: Keys,
     pub limits: WsLimits,
     pub hub: HubConfig,
+    pub dashboard: DashboardConfig,
 }
 
 #[derive(Clone)]
@@ -54,11 +56,19 @@ pub fn start(supervisor: &Supervisor, listener: TcpListener, settings: BrokerSet
         limits: settings.limits,
         supervisor: supervisor.clone(),
     };
+    let api = Api {
+        role: Role::Broker,
+        dashboard: Arc::new(settings.dashboard),
+        hub: Some(hub.clone()),
+        uplink: None,
+        metrics: hub.metrics().clone(),
+    };
     let router = Router::new()
         .route("/gw", get(gateway_upgrade).with_state(gateways))
-        .route("/ws", get(web::clients::upgrade).with_state(clients));
+        .route("/ws", get(web::clients::upgrade).with_state(clients))
+        .merge(web::dashboard(api));
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(role = "broker", %addr, "listening (gateways on /gw, web clients on /ws)");
+        tracing::info!(role = "broker", %addr, "listening (gateways on /gw, web clients on /ws, dashboard on /)");
     }
     web::serve(supervisor, "broker", listener, router);
     hub

@@ -10,15 +10,15 @@
 mod table;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::proto::broker::{Dst, NodeMessage, Write};
-pub use table::{NodeState, Point, Refusal, Snapshot, SourceId};
+pub use table::{AllHistory, NodeState, Point, Refusal, Snapshot, SourceId};
 
 /// A web client's id: pyaiot gives each `/ws` connection a uuid4 and addresses replays to it.
 pub type ClientId = String;
@@ -63,15 +63,6 @@ pub struct Subscription {
     pub events: broadcast::Receiver<Arc<Event>>,
 }
 
-/// Counters the hub keeps, for status lines and metrics.
-#[derive(Debug, Default)]
-pub struct HubStats {
-    pub messages_in: AtomicU64,
-    pub refused: AtomicU64,
-    pub commands_dropped: AtomicU64,
-    pub nodes: AtomicU64,
-}
-
 enum Request {
     FromSource {
         source: SourceId,
@@ -95,6 +86,10 @@ enum Request {
         uid: String,
         endpoint: String,
         reply: oneshot::Sender<Option<Vec<Point>>>,
+    },
+    AllHistory {
+        uid: Option<String>,
+        reply: oneshot::Sender<AllHistory>,
     },
     Write {
         write: Write,
@@ -133,7 +128,7 @@ pub struct Hub {
     /// Unregistrations from `Drop`, which cannot wait for room in `requests`; rare and at most
     /// one per source, so unbounded is bounded by the number of sources.
     dropped_sources: mpsc::UnboundedSender<SourceId>,
-    stats: Arc<HubStats>,
+    metrics: Arc<Metrics>,
 }
 
 /// Requests waiting for the actor. Sources wait for room here, which is how a burst from
@@ -152,7 +147,7 @@ impl Hub {
         let (requests, inbox) = mpsc::channel(INBOX);
         let (dropped_sources, dropped) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(config.event_backlog);
-        let stats = Arc::new(HubStats::default());
+        let metrics = Arc::new(Metrics::default());
         let actor = Actor {
             table: table::Table::new(
                 config.max_nodes,
@@ -162,20 +157,21 @@ impl Hub {
             sources: Vec::new(),
             next_source: 1,
             events,
-            stats: stats.clone(),
+            metrics: metrics.clone(),
         };
         (
             Hub {
                 requests,
                 dropped_sources,
-                stats,
+                metrics,
             },
             actor.run(inbox, dropped, shutdown),
         )
     }
 
-    pub fn stats(&self) -> &HubStats {
-        &self.stats
+    /// The role's counters: the hub's own, and every endpoint's that holds this handle.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     async fn request(&self, request: Request) {
@@ -229,6 +225,13 @@ impl Hub {
         })
         .await
         .flatten()
+    }
+
+    /// Every numeric history, or one node's: uid → endpoint → points, oldest first.
+    pub async fn all_history(&self, uid: Option<String>) -> AllHistory {
+        self.ask(|reply| Request::AllHistory { uid, reply })
+            .await
+            .unwrap_or_default()
     }
 
     /// Routes a client's write to the source owning the node.
@@ -293,7 +296,7 @@ struct Actor {
     sources: Vec<RegisteredSource>,
     next_source: u64,
     events: broadcast::Sender<Arc<Event>>,
-    stats: Arc<HubStats>,
+    metrics: Arc<Metrics>,
 }
 
 fn now_ms() -> u64 {
@@ -335,12 +338,11 @@ impl Actor {
     fn handle(&mut self, request: Request) {
         match request {
             Request::FromSource { source, message } => {
-                self.stats.messages_in.fetch_add(1, Ordering::Relaxed);
                 match self.table.apply(source, message, now_ms()) {
                     Ok(Some(message)) => self.publish(message),
                     Ok(None) => {}
                     Err(refusal) => {
-                        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.refused();
                         match refusal {
                             Refusal::Full { .. }
                             | Refusal::TooManyResources { first: true, .. } => {
@@ -350,9 +352,7 @@ impl Actor {
                         }
                     }
                 }
-                self.stats
-                    .nodes
-                    .store(self.table.len() as u64, Ordering::Relaxed);
+                self.metrics.set_nodes(self.table.len());
             }
             Request::Register {
                 name,
@@ -383,6 +383,9 @@ impl Actor {
             } => {
                 let _ = reply.send(self.table.history(&uid, &endpoint));
             }
+            Request::AllHistory { uid, reply } => {
+                let _ = reply.send(self.table.all_history(uid.as_deref()));
+            }
             Request::Write { write, src } => match self.table.owner(&write.uid) {
                 Some(owner) => {
                     let uid = write.uid.clone();
@@ -410,7 +413,7 @@ impl Actor {
             return;
         };
         if source.commands.try_send(command).is_err() {
-            self.stats.commands_dropped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.command_dropped();
             tracing::warn!(source = %source.name, %uid, "command dropped: the source is not keeping up");
         }
     }
@@ -424,9 +427,7 @@ impl Actor {
         for out in self.table.remove_source(source) {
             self.publish(out);
         }
-        self.stats
-            .nodes
-            .store(self.table.len() as u64, Ordering::Relaxed);
+        self.metrics.set_nodes(self.table.len());
     }
 }
 
@@ -572,6 +573,6 @@ mod tests {
             hub.write(write.clone(), None).await;
         }
         hub.snapshot().await.expect("the hub is still answering");
-        assert_eq!(hub.stats().commands_dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(hub.metrics().commands_dropped(), 2);
     }
 }

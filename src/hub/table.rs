@@ -25,6 +25,10 @@ struct Node {
     over_resource_limit: bool,
 }
 
+/// Numeric histories: uid → endpoint → points, oldest first.
+pub type AllHistory =
+    std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<Point>>>;
+
 /// A node as a snapshot shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeState {
@@ -239,6 +243,25 @@ impl Table {
     }
 }
 
+impl Table {
+    /// Every history, or only `only`'s.
+    pub fn all_history(&self, only: Option<&str>) -> AllHistory {
+        self.nodes
+            .iter()
+            .filter(|(uid, _)| only.is_none_or(|only| only == uid.as_str()))
+            .filter(|(_, node)| !node.history.is_empty())
+            .map(|(uid, node)| {
+                let per_endpoint = node
+                    .history
+                    .iter()
+                    .map(|(endpoint, ring)| (endpoint.clone(), ring.iter().copied().collect()))
+                    .collect();
+                (uid.clone(), per_endpoint)
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,6 +376,9 @@ mod tests {
             Some(vec![(1, 21.0), (3, 22.0), (4, 23.0)])
         );
         assert_eq!(table.history("n", "name"), None);
+        let all = table.all_history(None);
+        assert_eq!(all["n"]["temperature"].len(), 3);
+        assert!(table.all_history(Some("other")).is_empty());
         let replay = NodeMessage::Update {
             uid: "n".into(),
             endpoint: "temperature".into(),

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Event, Hub, Snapshot};
 use crate::keys::Keys;
+use crate::metrics::Channel;
 use crate::proto::broker::{BrokerRequest, Dst, NodeMessage};
 use crate::runtime::Supervisor;
 use crate::web::socket::{self, Ending, WsLimits};
@@ -108,6 +109,7 @@ async fn run(
             Ok(ws) => {
                 tracing::info!(broker = %target, "connected to broker");
                 state.send_replace(UplinkState::Connected);
+                hub.metrics().uplink_connected(true);
                 let since = Instant::now();
                 match session(ws, &hub, &settings, &shutdown).await {
                     None => return,
@@ -122,6 +124,8 @@ async fn run(
             }
             Err(error) => format!("{error}"),
         };
+        hub.metrics().uplink_connected(false);
+        hub.metrics().uplink_reconnect();
         attempt = attempt.saturating_add(1);
         let delay = backoff(attempt, settings.backoff_max);
         tracing::warn!(broker = %target, "{why}; retrying in {:.1} s", delay.as_secs_f64());
@@ -141,11 +145,13 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> Option<String> {
     let timeout = settings.limits.send_timeout;
+    let metrics = hub.metrics();
     let subscription = hub.subscribe().await?;
     let mut events = subscription.events;
     // pyaiot's `fetch_nodes_cache('all')`: the broker forgot our nodes when we went away.
-    if let Err(ending) = send_snapshot(&mut ws, &subscription.snapshot, &Dst::All, timeout).await {
-        return Some(describe(&ending));
+    match send_snapshot(&mut ws, &subscription.snapshot, &Dst::All, timeout).await {
+        Ok(count) => metrics.sent(Channel::Uplink, count),
+        Err(ending) => return Some(describe(&ending)),
     }
     let mut keepalive =
         tokio::time::interval_at(Instant::now() + settings.keepalive, settings.keepalive);
@@ -179,6 +185,9 @@ async fn session(
             },
             incoming = ws.next() => {
                 last_heard = Instant::now();
+                if matches!(incoming, Some(Ok(Message::Text(_)))) {
+                    metrics.received(Channel::Uplink, 1);
+                }
                 match incoming {
                     Some(Ok(Message::Text(text))) => match BrokerRequest::parse(&text) {
                         Ok(Some(BrokerRequest::ClientHello { src })) => {
@@ -187,12 +196,12 @@ async fn session(
                         }
                         Ok(Some(BrokerRequest::Write { write, src })) => {
                             hub.write(write, src).await;
-                            Ok(())
+                            Ok(0)
                         }
-                        Ok(None) => Ok(()),
+                        Ok(None) => Ok(0),
                         Err(why) => {
                             tracing::debug!("ignored a message from the broker: {why}");
-                            Ok(())
+                            Ok(0)
                         }
                     },
                     Some(Ok(Message::Close(frame))) => {
@@ -201,7 +210,7 @@ async fn session(
                             None => "broker closed the connection".into(),
                         });
                     }
-                    Some(Ok(_)) => Ok(()),
+                    Some(Ok(_)) => Ok(0),
                     Some(Err(error)) => return Some(error.to_string()),
                     None => return Some("broker closed the connection".into()),
                 }
@@ -215,11 +224,15 @@ async fn session(
                 if silent > settings.ping_interval * 2 {
                     return Some(format!("no answer from the broker for {:.0} s", silent.as_secs_f64()));
                 }
-                socket::send_batch(&mut ws, [Message::Ping(Default::default())], timeout).await
+                // A ping is not a message of the protocol: not counted.
+                socket::send_batch(&mut ws, [Message::Ping(Default::default())], timeout)
+                    .await
+                    .map(|_| 0)
             }
         };
-        if let Err(ending) = sent {
-            return Some(describe(&ending));
+        match sent {
+            Ok(count) => metrics.sent(Channel::Uplink, count),
+            Err(ending) => return Some(describe(&ending)),
         }
     }
 }
@@ -236,7 +249,7 @@ async fn send_snapshot(
     snapshot: &Snapshot,
     dst: &Dst,
     timeout: Duration,
-) -> Result<(), Ending> {
+) -> Result<u64, Ending> {
     let messages = snapshot
         .messages(dst)
         .map(|message| Message::text(message.to_json()));
@@ -249,7 +262,7 @@ async fn send_events(
     first: Arc<Event>,
     events: &mut tokio::sync::broadcast::Receiver<Arc<Event>>,
     timeout: Duration,
-) -> Result<(), Ending> {
+) -> Result<u64, Ending> {
     let mut batch = Vec::with_capacity(EVENT_BATCH);
     batch.push(first);
     while batch.len() < EVENT_BATCH {

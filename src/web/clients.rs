@@ -13,6 +13,7 @@ use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
 use super::socket::{self, Ending, WsLimits};
 use crate::hub::{ClientId, Event, Hub, Snapshot};
+use crate::metrics::Channel;
 use crate::proto::broker::{ClientMessage, Dst, NodeMessage};
 use crate::runtime::Supervisor;
 
@@ -93,6 +94,8 @@ async fn session(mut socket: WebSocket, endpoint: ClientEndpoint, peer: SocketAd
         known: HashSet::new(),
     };
     tracing::info!(client = %view.id, %peer, "web client connected");
+    let metrics = endpoint.hub.metrics().clone();
+    let _open = metrics.connection(Channel::WebClient);
     // pyaiot registers a client for events only once it said `new`; so do we.
     let mut events: Option<broadcast::Receiver<Arc<Event>>> = None;
     let ending = loop {
@@ -100,7 +103,10 @@ async fn session(mut socket: WebSocket, endpoint: ClientEndpoint, peer: SocketAd
             () = shutdown.cancelled() => break Ending::Shutdown,
             incoming = socket.recv() => {
                 let text = match incoming {
-                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Text(text))) => {
+                        metrics.received(Channel::WebClient, 1);
+                        text
+                    }
                     Some(Ok(Message::Binary(_))) => {
                         break Ending::Invalid("Invalid message: binary frames are not supported".into())
                     }
@@ -154,7 +160,12 @@ async fn session(mut socket: WebSocket, endpoint: ClientEndpoint, peer: SocketAd
             }
         }
     };
-    ending.log("web client", &format_args!("{} at {peer}", view.id));
+    ending.record(
+        "web client",
+        &format_args!("{} at {peer}", view.id),
+        &metrics,
+        Channel::WebClient,
+    );
     socket::finish(&mut socket, &ending, &endpoint.limits).await;
 }
 
@@ -189,7 +200,9 @@ async fn forward(
             Err(TryRecvError::Empty | TryRecvError::Closed) => break,
         }
     }
-    socket::send_batch(socket, socket::texts(batch), endpoint.limits.send_timeout).await?;
+    let sent =
+        socket::send_batch(socket, socket::texts(batch), endpoint.limits.send_timeout).await?;
+    endpoint.hub.metrics().sent(Channel::WebClient, sent);
     Ok(lagged)
 }
 
@@ -221,7 +234,10 @@ async fn send_messages(
         .iter()
         .map(|m| Utf8Bytes::from(m.to_json()))
         .collect();
-    socket::send_batch(socket, socket::texts(texts), endpoint.limits.send_timeout).await
+    let sent =
+        socket::send_batch(socket, socket::texts(texts), endpoint.limits.send_timeout).await?;
+    endpoint.hub.metrics().sent(Channel::WebClient, sent);
+    Ok(())
 }
 
 #[cfg(test)]

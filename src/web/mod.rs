@@ -1,6 +1,8 @@
 //! HTTP and websocket serving shared by every role: binding listeners, serving a router under
 //! the supervisor, and the `/ws` client endpoint that the broker and gateways both expose.
 
+pub mod api;
+pub mod assets;
 pub mod clients;
 pub mod socket;
 
@@ -36,6 +38,18 @@ fn no_ipv6(error: &io::Error) -> bool {
         error.raw_os_error(),
         Some(code) if code == nix::libc::EAFNOSUPPORT || code == nix::libc::EADDRNOTAVAIL
     )
+}
+
+/// The dashboard: its files and its JSON endpoints, with the security headers on every answer.
+pub fn dashboard(api: api::Api) -> Router {
+    assets::routes()
+        .merge(api::routes(api))
+        .layer(axum::middleware::map_response(with_security_headers))
+}
+
+async fn with_security_headers(mut response: axum::response::Response) -> axum::response::Response {
+    assets::security_headers(response.headers_mut());
+    response
 }
 
 /// Serves `router` on `listener` until shutdown, as an essential task named `name`.

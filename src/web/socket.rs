@@ -7,6 +7,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{Sink, SinkExt};
 use tokio_tungstenite::tungstenite;
 
+use crate::metrics::{Channel, Metrics};
+
 /// Limits every websocket session applies.
 #[derive(Debug, Clone)]
 pub struct WsLimits {
@@ -91,6 +93,24 @@ impl Ending {
     /// Logs how a session with `peer` (e.g. "web client", "gateway") ended: what the peer did
     /// wrong is a warning, a normal end is news.
     pub fn log(&self, peer: &str, who: &dyn std::fmt::Display) {
+        self.log_only(peer, who);
+    }
+
+    /// Logs the end and counts a connection we closed for cause.
+    pub fn record(
+        &self,
+        peer: &str,
+        who: &dyn std::fmt::Display,
+        metrics: &Metrics,
+        channel: Channel,
+    ) {
+        if !matches!(self, Ending::PeerGone | Ending::Shutdown) {
+            metrics.peer_dropped(channel);
+        }
+        self.log_only(peer, who);
+    }
+
+    fn log_only(&self, peer: &str, who: &dyn std::fmt::Display) {
         match self {
             Ending::Invalid(why) => tracing::warn!(%who, "{peer} closed: {why}"),
             Ending::TooBig => tracing::warn!(%who, "{peer} closed: frame too big"),
@@ -127,21 +147,27 @@ pub async fn finish(socket: &mut WebSocket, ending: &Ending, limits: &WsLimits) 
     }
 }
 
-/// Sends messages as one batch: queued, then flushed once, all within `timeout`. A peer that
-/// cannot take them in time is `Stalled`. Works for our server sockets and client sockets alike.
-pub async fn send_batch<S, M, I>(sink: &mut S, messages: I, timeout: Duration) -> Result<(), Ending>
+/// Sends messages as one batch: queued, then flushed once, all within `timeout`; returns how
+/// many went out. A peer that cannot take them in time is `Stalled`. Works for our server sockets and client sockets alike.
+pub async fn send_batch<S, M, I>(
+    sink: &mut S,
+    messages: I,
+    timeout: Duration,
+) -> Result<u64, Ending>
 where
     S: Sink<M> + Unpin,
     I: IntoIterator<Item = M>,
 {
     let write = async {
+        let mut sent = 0;
         for message in messages {
             sink.feed(message).await?;
+            sent += 1;
         }
-        sink.flush().await
+        sink.flush().await.map(|()| sent)
     };
     match tokio::time::timeout(timeout, write).await {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(sent)) => Ok(sent),
         Ok(Err(_)) => Err(Ending::PeerGone),
         Err(_) => Err(Ending::Stalled),
     }

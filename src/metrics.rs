@@ -1,0 +1,268 @@
+//! Counters of one role (a gateway or a broker), rendered in Prometheus' text format for
+//! `/metrics`. Plain atomics: every task bumps them without locks, readers see a consistent
+//! enough picture for monitoring.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Where messages come from or go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// Websocket nodes on a gateway's `/node`.
+    WebSocketNode,
+    /// Gateways on a broker's `/gw`.
+    Gateway,
+    /// Web clients on `/ws`.
+    WebClient,
+    /// A gateway's link to its broker.
+    Uplink,
+}
+
+impl Channel {
+    const ALL: [Channel; 4] = [
+        Channel::WebSocketNode,
+        Channel::Gateway,
+        Channel::WebClient,
+        Channel::Uplink,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Channel::WebSocketNode => "websocket_node",
+            Channel::Gateway => "gateway",
+            Channel::WebClient => "web_client",
+            Channel::Uplink => "uplink",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct PerChannel([AtomicU64; 4]);
+
+impl PerChannel {
+    fn add(&self, channel: Channel, n: u64) {
+        self.0[channel as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn get(&self, channel: Channel) -> u64 {
+        self.0[channel as usize].load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    started: Instant,
+    nodes: AtomicU64,
+    refused: AtomicU64,
+    commands_dropped: AtomicU64,
+    messages_in: PerChannel,
+    messages_out: PerChannel,
+    peers_dropped: PerChannel,
+    connections: [AtomicI64; 4],
+    uplink_reconnects: AtomicU64,
+    uplink_connected: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            started: Instant::now(),
+            nodes: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            commands_dropped: AtomicU64::new(0),
+            messages_in: PerChannel::default(),
+            messages_out: PerChannel::default(),
+            peers_dropped: PerChannel::default(),
+            connections: Default::default(),
+            uplink_reconnects: AtomicU64::new(0),
+            uplink_connected: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    pub fn set_nodes(&self, nodes: usize) {
+        self.nodes.store(nodes as u64, Ordering::Relaxed);
+    }
+
+    pub fn nodes(&self) -> u64 {
+        self.nodes.load(Ordering::Relaxed)
+    }
+
+    pub fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn command_dropped(&self) {
+        self.commands_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn commands_dropped(&self) -> u64 {
+        self.commands_dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn received(&self, channel: Channel, n: u64) {
+        self.messages_in.add(channel, n);
+    }
+
+    pub fn sent(&self, channel: Channel, n: u64) {
+        self.messages_out.add(channel, n);
+    }
+
+    pub fn peer_dropped(&self, channel: Channel) {
+        self.peers_dropped.add(channel, 1);
+    }
+
+    /// Counts an open connection until the returned guard is dropped.
+    pub fn connection(&self, channel: Channel) -> ConnectionGuard<'_> {
+        self.connections[channel as usize].fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            metrics: self,
+            channel,
+        }
+    }
+
+    pub fn uplink_connected(&self, connected: bool) {
+        self.uplink_connected
+            .store(u64::from(connected), Ordering::Relaxed);
+    }
+
+    pub fn uplink_reconnect(&self) {
+        self.uplink_reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus' text exposition format, version 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut gauge = |name: &str, help: &str, value: i64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        };
+        gauge(
+            "aiot_uptime_seconds",
+            "Seconds since the process started.",
+            self.uptime_secs() as i64,
+        );
+        gauge(
+            "aiot_nodes",
+            "Nodes in the node table.",
+            self.nodes() as i64,
+        );
+        gauge(
+            "aiot_uplink_connected",
+            "1 while the gateway's uplink to its broker is connected.",
+            self.uplink_connected.load(Ordering::Relaxed) as i64,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP aiot_connections Open websocket connections.\n# TYPE aiot_connections gauge"
+        );
+        for channel in Channel::ALL {
+            let open = self.connections[channel as usize].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "aiot_connections{{channel=\"{}\"}} {open}",
+                channel.label()
+            );
+        }
+        for (name, help, counter) in [
+            (
+                "aiot_messages_received_total",
+                "Messages received.",
+                &self.messages_in,
+            ),
+            (
+                "aiot_messages_sent_total",
+                "Messages sent.",
+                &self.messages_out,
+            ),
+            (
+                "aiot_peers_dropped_total",
+                "Connections we closed: invalid input, oversize frames, stalled readers.",
+                &self.peers_dropped,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for channel in Channel::ALL {
+                let _ = writeln!(
+                    out,
+                    "{name}{{channel=\"{}\"}} {}",
+                    channel.label(),
+                    counter.get(channel)
+                );
+            }
+        }
+        for (name, help, value) in [
+            (
+                "aiot_node_messages_refused_total",
+                "Node messages refused: unknown node, not the owner, limits.",
+                &self.refused,
+            ),
+            (
+                "aiot_commands_dropped_total",
+                "Writes dropped because the owning node's queue was full.",
+                &self.commands_dropped,
+            ),
+            (
+                "aiot_uplink_reconnects_total",
+                "Failed or lost uplink connections, each followed by a retry.",
+                &self.uplink_reconnects,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}
+
+/// Decrements the open-connection gauge when the connection's task ends.
+pub struct ConnectionGuard<'a> {
+    metrics: &'a Metrics,
+    channel: Channel,
+}
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        self.metrics.connections[self.channel as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text_with_labels() {
+        let metrics = Metrics::default();
+        metrics.set_nodes(3);
+        metrics.received(Channel::WebSocketNode, 5);
+        metrics.sent(Channel::Uplink, 2);
+        let open = metrics.connection(Channel::WebClient);
+        let text = metrics.render();
+        assert!(text.contains("aiot_nodes 3\n"), "{text}");
+        assert!(text.contains("aiot_messages_received_total{channel=\"websocket_node\"} 5\n"));
+        assert!(text.contains("aiot_messages_sent_total{channel=\"uplink\"} 2\n"));
+        assert!(text.contains("aiot_connections{channel=\"web_client\"} 1\n"));
+        drop(open);
+        assert!(
+            metrics
+                .render()
+                .contains("aiot_connections{channel=\"web_client\"} 0\n")
+        );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (name, value) = line.rsplit_once(' ').expect("name value");
+            assert!(!name.is_empty() && value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}
