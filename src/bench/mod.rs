@@ -101,7 +101,14 @@ pub fn run(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
         node: format!("ws://{node_addr}/node"),
         client: format!("ws://{broker_addr}/ws"),
     };
-    let measured = runtime.block_on(drive(&args, &urls, warmup, duration, [&gateway, &broker]))?;
+    let measured = runtime.block_on(async {
+        tokio::select! {
+            measured = drive(&args, &urls, warmup, duration, [&gateway, &broker]) => measured,
+            // Returning (rather than dying of the signal) lets `lab` kill the children: a
+            // `kill` or `timeout` reaches only this process, not its process group.
+            signal = interrupted() => bail!("stopped by {signal}"),
+        }
+    })?;
     let report = Report::new(
         &args,
         startup,
@@ -115,6 +122,21 @@ pub fn run(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Waits for SIGINT or SIGTERM and names it; never returns if they cannot be watched.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
+    }
 }
 
 /// The broker and the gateway, running and connected, with what their start cost.
@@ -428,9 +450,14 @@ impl Report {
         };
         println!("throughput (updates sent in the measured window)");
         println!(
-            "  sent by the nodes              {:>12}  {:>12}",
+            "  sent by the nodes              {:>12}  {:>12}{}",
             count(self.sent),
-            self.rate(self.sent)
+            self.rate(self.sent),
+            if args.rate == 0 {
+                "   (the achieved rate)"
+            } else {
+                ""
+            }
         );
         println!(
             "  delivered, distinct updates    {:>12}  {:>12}   (reached at least one client)",
@@ -482,12 +509,11 @@ impl Report {
         }
         println!();
         let seconds = self.sampled.as_secs_f64();
-        let per = |cpu: f64, n: u64| {
-            if n == 0 {
-                "-".to_owned()
-            } else {
-                format!("{:.2} µs", cpu / n as f64 * 1e6)
-            }
+        // Digits only as far as the tick resolution carries them.
+        let per = |cpu: f64, n: u64| match cpu / n as f64 * 1e6 {
+            _ if n == 0 => "-".to_owned(),
+            micros if micros >= 10.0 => format!("{micros:.0} µs"),
+            micros => format!("{micros:.2} µs"),
         };
         println!("{:<34}{:>16}{:>16}{:>16}", "", "gateway", "broker", "bench");
         println!(
