@@ -86,6 +86,7 @@ async fn gateway_upgrade(
     }
     let limits = endpoint.limits.clone();
     ws.protocols([TOKEN_PROTOCOL])
+        .read_buffer_size(web::socket::READ_BUFFER_BYTES)
         .max_frame_size(limits.max_frame_bytes)
         .max_message_size(limits.max_frame_bytes)
         .on_upgrade(move |socket| {

@@ -135,6 +135,13 @@ impl Table {
                         max: self.max_nodes,
                     });
                 }
+                // A node is new to everyone, even when the first word of it is a replay for one
+                // client: a gateway's replay can overtake its own broadcast `new`, which would
+                // then look like a repeat and reach nobody else.
+                let announce = NodeMessage::New {
+                    uid: uid.clone(),
+                    dst: Dst::All,
+                };
                 self.nodes.insert(
                     uid.clone(),
                     Node {
@@ -144,7 +151,7 @@ impl Table {
                         over_resource_limit: false,
                     },
                 );
-                Ok(Some(message))
+                Ok(Some(announce))
             }
             NodeMessage::Update {
                 ref uid,
@@ -166,7 +173,11 @@ impl Table {
                 // A replay for one client repeats a value already recorded.
                 let fresh = *dst == Dst::All;
                 if let Some(number) = reading::numeric(data).filter(|_| fresh) {
-                    let ring = node.history.entry(endpoint.clone()).or_default();
+                    // Looked up before inserting, so the hot path copies no endpoint name.
+                    let ring = match node.history.get_mut(endpoint) {
+                        Some(ring) => ring,
+                        None => node.history.entry(endpoint.clone()).or_default(),
+                    };
                     if ring.len() == history_points {
                         ring.pop_front();
                     }
@@ -321,6 +332,17 @@ mod tests {
             dst: Dst::Client("c".into()),
         };
         assert_eq!(table.apply(B, replay.clone(), 0), Ok(Some(replay)));
+    }
+
+    #[test]
+    fn a_replay_that_overtakes_the_broadcast_still_announces_the_node_to_all() {
+        let mut table = Table::new(10, 8, 4);
+        let replay = NodeMessage::New {
+            uid: "n".into(),
+            dst: Dst::Client("c".into()),
+        };
+        assert_eq!(table.apply(A, replay, 0), Ok(Some(new("n"))));
+        assert_eq!(table.apply(A, new("n"), 0), Ok(None));
     }
 
     #[test]

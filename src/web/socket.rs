@@ -9,6 +9,10 @@ use tokio_tungstenite::tungstenite;
 
 use crate::metrics::{Channel, Metrics};
 
+/// Read buffer of a server-side websocket: grows when a larger message comes in, so this only
+/// sets what an idle connection costs.
+pub const READ_BUFFER_BYTES: usize = 4096;
+
 /// Limits every websocket session applies.
 #[derive(Debug, Clone)]
 pub struct WsLimits {

@@ -4,9 +4,8 @@ pyaiot's broker is a tornado application: it reads the token from Sec-WebSocket-
 (split on ','), answers 401 unless it is `token, <Fernet token of secret>`, and, like every
 tornado handler that does not override select_subprotocol, selects no subprotocol in its
 answer. This script does the same, prints every message the gateway sends as one JSON line
-on stdout, and acts as a web client would through the broker: after the gateway's first
-`new`, it sends a client's `new` (the gateway must replay its cache to that client) and an
-LED write for that node.
+on stdout, and acts as a web client would through the broker: it sends a client's `new` (the gateway must replay its cache to that client) and an
+LED write for that node, once the gateway has reported the node's LED.
 
     tornado_gw.py KEY_FILE    prints "listening PORT" first
 """
@@ -49,7 +48,9 @@ class GatewayHandler(websocket.WebSocketHandler):
     def on_message(self, raw):
         message = json.loads(raw)
         print(json.dumps(message, ensure_ascii=False), flush=True)
-        if message.get("type") == "new" and message.get("dst") == "all" and not self.asked:
+        # Ask once the node's LED is known, so the replay has something to show.
+        if (message.get("type") == "update" and message.get("endpoint") == "led"
+                and message.get("dst") == "all" and not self.asked):
             self.asked = True
             self.write_message(json.dumps({"type": "new", "data": "client", "src": CLIENT}))
             self.write_message(json.dumps({
