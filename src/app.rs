@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+use crate::adapters::coap;
 use crate::broker::{self, BrokerSettings};
 use crate::cli::{
-    BrokerArgs, Cli, Command, ConfigCommand, DashboardArgs, DemoArgs, GatewayArgs, KeysCommand,
-    LookArgs, NodeCommand, WsNodeArgs,
+    BrokerArgs, Cli, CoapNodeArgs, Command, ConfigCommand, DashboardArgs, DemoArgs, GatewayArgs,
+    KeysCommand, LookArgs, NodeCommand, WsNodeArgs,
 };
 use crate::config::{Config, DEFAULT_TOML};
 use crate::gateway::{self, GatewayListeners, GatewaySettings};
@@ -47,16 +48,26 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         _ => {}
     }
     init_tracing(config.log.debug);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = match config.runtime.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        threads => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build(),
+    }
+    .context("cannot start the async runtime")?;
     let clean = runtime.block_on(async move {
         let supervisor = Supervisor::new();
         match cli.command {
             Command::Broker(args) => start_broker(&supervisor, config, args).await?,
             Command::Gateway(args) => start_gateway(&supervisor, config, args).await?,
             Command::Node(NodeCommand::Ws(args)) => start_ws_nodes(&supervisor, args)?,
+            Command::Node(NodeCommand::Coap(args)) => start_coap_nodes(&supervisor, args).await?,
             Command::Dashboard(args) => start_dashboard(&supervisor, config, args).await?,
             Command::Demo(args) => start_demo(&supervisor, config, args).await?,
             Command::Config(_) | Command::Keys(_) | Command::Bench(_) => {
@@ -160,6 +171,11 @@ async fn start_gateway(
     config.gateway.gateway_port = args.gateway_port.unwrap_or(config.gateway.gateway_port);
     config.gateway.web_port = args.web_port.unwrap_or(config.gateway.web_port);
     config.gateway.max_time = args.max_time.unwrap_or(config.gateway.max_time);
+    config.coap.port = args.coap_port.unwrap_or(config.coap.port);
+    config.coap.node_port = args.coap_node_port.unwrap_or(config.coap.node_port);
+    if args.interface.is_some() {
+        config.coap.interface = args.interface;
+    }
     config.uplink.broker_port = args.broker_port.unwrap_or(config.uplink.broker_port);
     if args.broker_host.is_some() {
         config.uplink.broker_host = args.broker_host;
@@ -176,9 +192,14 @@ async fn start_gateway(
         Some(url) => Some(uplink_settings(&config, &url, load_keys(&config)?)?),
         None => None,
     };
+    let coap = coap_settings(&config)?;
     let listeners = GatewayListeners {
         node: web::bind(config.gateway.bind, config.gateway.gateway_port).await?,
         web: web::bind(config.gateway.bind, config.gateway.web_port).await?,
+        coap: match coap {
+            Some(_) => Some(bind_coap(&config, config.coap.bind, config.coap.port)?),
+            None => None,
+        },
     };
     gateway::start(
         supervisor,
@@ -188,8 +209,94 @@ async fn start_gateway(
             hub: config.hub(),
             uplink,
             dashboard: config.dashboard_config(),
+            coap,
         },
     );
+    Ok(())
+}
+
+/// The CoAP adapter's settings, `None` if it is disabled. Resolves the interface name.
+fn coap_settings(config: &Config) -> anyhow::Result<Option<coap::Settings>> {
+    let section = &config.coap;
+    if !section.enabled {
+        return Ok(None);
+    }
+    let scope_id = match &section.interface {
+        Some(name) => Some(interface_index(name)?),
+        None => None,
+    };
+    Ok(Some(coap::Settings {
+        node_port: section.node_port,
+        scope_id,
+        max_nodes: section.max_nodes,
+        max_time: Duration::from_secs(config.gateway.max_time),
+        discovery_concurrency: section.discovery_concurrency,
+        max_resources: config.limits.max_resources_per_node,
+        exchange: crate::proto::coap::exchange::Params {
+            ack_timeout: Duration::from_millis(section.ack_timeout_ms),
+            ack_random_factor: section.ack_random_factor,
+            max_retransmit: section.max_retransmit,
+            max_body: section.max_body_bytes,
+            ..Default::default()
+        },
+        ..Default::default()
+    }))
+}
+
+/// The index of a network interface, the scope of its link-local addresses.
+fn interface_index(name: &str) -> anyhow::Result<u32> {
+    let path = format!("/sys/class/net/{name}/ifindex");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("no network interface {name:?} ({path})"))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("unreadable interface index in {path}"))
+}
+
+fn bind_coap(config: &Config, ip: IpAddr, port: u16) -> anyhow::Result<tokio::net::UdpSocket> {
+    coap::bind(ip, port, config.coap.receive_buffer_bytes)
+}
+
+fn seconds(flag: &str, seconds: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .with_context(|| format!("{flag} must be a positive number of seconds"))
+}
+
+async fn start_coap_nodes(supervisor: &Supervisor, args: CoapNodeArgs) -> anyhow::Result<()> {
+    let gateway = tokio::net::lookup_host((args.gateway_host.as_str(), args.gateway_port))
+        .await
+        .with_context(|| format!("cannot resolve the gateway {}", args.gateway_host))?
+        .find(|addr| addr.is_ipv4() == args.first_address.is_ipv4())
+        .with_context(|| {
+            format!(
+                "the gateway {} has no address of the nodes' family ({})",
+                args.gateway_host, args.first_address
+            )
+        })?;
+    if !(16..=1024).contains(&args.block_size) || !args.block_size.is_power_of_two() {
+        anyhow::bail!("--block-size must be a power of two from 16 to 1024");
+    }
+    let nodes = sim::coap::CoapNodes {
+        gateway,
+        count: args.count,
+        first_address: args.first_address,
+        node_port: args.node_port,
+        resources: sim::coap::Resources {
+            led: args.led,
+            temperature: args.temperature,
+            pressure: args.pressure,
+            imu: args.imu,
+            js: args.js,
+        },
+        interval: seconds("--interval", args.interval)?,
+        alive_interval: seconds("--alive-interval", args.alive_interval)?,
+        confirmable: args.confirmable,
+        block_size: args.block_size,
+    };
+    let sockets = sim::coap::bind(&nodes)?;
+    sim::coap::start(supervisor, nodes, sockets);
     Ok(())
 }
 
@@ -270,12 +377,44 @@ async fn start_demo(
             dashboard: config.dashboard_config(),
         },
     );
+    let coap = coap_settings(&config)?;
     let listeners = GatewayListeners {
         node: web::bind(loopback, args.gateway_port).await?,
         web: web::bind(loopback, args.web_port).await?,
+        coap: match coap {
+            Some(_) => Some(bind_coap(&config, loopback, args.coap_port)?),
+            None => None,
+        },
     };
     let node_addr = listeners.node.local_addr()?;
     let web_addr = listeners.web.local_addr()?;
+    let coap_addr = match &listeners.coap {
+        Some(socket) => Some(socket.local_addr()?),
+        None => None,
+    };
+    let coap_nodes = match coap_addr {
+        Some(gateway) if args.coap_nodes > 0 => {
+            let nodes = sim::coap::CoapNodes {
+                gateway,
+                count: args.coap_nodes,
+                first_address: IpAddr::V4(Ipv4Addr::new(127, 0, 100, 1)),
+                node_port: config.coap.node_port,
+                resources: sim::coap::Resources {
+                    led: true,
+                    temperature: true,
+                    pressure: true,
+                    ..Default::default()
+                },
+                interval: interval(args.interval)?,
+                alive_interval: Duration::from_secs(30),
+                confirmable: false,
+                block_size: 1024,
+            };
+            let sockets = sim::coap::bind(&nodes)?;
+            Some((nodes, sockets))
+        }
+        _ => None,
+    };
     let uplink = uplink_settings(&config, &format!("ws://{broker_addr}/gw"), keys)?;
     gateway::start(
         supervisor,
@@ -285,8 +424,12 @@ async fn start_demo(
             hub: config.hub(),
             uplink: Some(uplink),
             dashboard: config.dashboard_config(),
+            coap,
         },
     );
+    if let Some((nodes, sockets)) = coap_nodes {
+        sim::coap::start(supervisor, nodes, sockets);
+    }
     sim::ws::start(
         supervisor,
         sim::ws::WsNodes {
@@ -305,8 +448,15 @@ async fn start_demo(
          \x20 central dashboard  http://{broker_addr}/   (broker: web clients on /ws, gateways on /gw)\n\
          \x20 gateway dashboard  http://{web_addr}/   (the on-device UI; web clients on /ws)\n\
          \x20 websocket nodes    ws://{node_addr}/node  ({} simulated nodes with LED, temperature, pressure)\n\
+         \x20 CoAP nodes         {}  ({} simulated nodes on 127.0.100.x)\n\
          Open a dashboard in a browser; press Ctrl-C to stop.",
-        args.nodes
+        args.nodes,
+        coap_addr.map_or_else(|| "disabled".to_owned(), |a| format!("coap://{a}")),
+        if coap_addr.is_some() {
+            args.coap_nodes
+        } else {
+            0
+        },
     );
     Ok(())
 }

@@ -126,6 +126,15 @@ pub struct GatewayArgs {
     /// Seconds without news before a node is out.
     #[arg(long, value_name = "SECONDS")]
     pub max_time: Option<u64>,
+    /// UDP port CoAP nodes post /alive and /server to.
+    #[arg(long)]
+    pub coap_port: Option<u16>,
+    /// UDP port CoAP nodes serve their resources on.
+    #[arg(long)]
+    pub coap_node_port: Option<u16>,
+    /// Network interface of link-local IPv6 CoAP nodes (e.g. lowpan0).
+    #[arg(long)]
+    pub interface: Option<String>,
     #[command(flatten)]
     pub look: LookArgs,
 }
@@ -134,6 +143,54 @@ pub struct GatewayArgs {
 pub enum NodeCommand {
     /// Websocket nodes connecting to a gateway's /node.
     Ws(WsNodeArgs),
+    /// CoAP nodes posting to a gateway, each on its own address (127.0.1.1, 127.0.1.2, …).
+    Coap(CoapNodeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CoapNodeArgs {
+    /// The gateway's address (an IP address or a host name).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub gateway_host: String,
+    /// The gateway's CoAP port.
+    #[arg(long, default_value_t = 5683)]
+    pub gateway_port: u16,
+    /// How many nodes.
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
+    /// The first node's address; the others count on from it.
+    #[arg(long, default_value = "127.0.1.1")]
+    pub first_address: IpAddr,
+    /// The port every node serves its resources on (the gateway's coap.node_port).
+    #[arg(long, default_value_t = 5683)]
+    pub node_port: u16,
+    /// Give the nodes an LED (resource `led`, "0"/"1", PUT to switch it).
+    #[arg(long)]
+    pub led: bool,
+    /// Post temperature readings (`23°C`).
+    #[arg(long)]
+    pub temperature: bool,
+    /// Post pressure readings (`1002hPa`).
+    #[arg(long)]
+    pub pressure: bool,
+    /// Post IMU readings (JSON text).
+    #[arg(long)]
+    pub imu: bool,
+    /// Serve a long script as `js` (read with Block2).
+    #[arg(long)]
+    pub js: bool,
+    /// Seconds between readings.
+    #[arg(long, default_value_t = 5.0)]
+    pub interval: f64,
+    /// Seconds between alive posts.
+    #[arg(long, default_value_t = 30.0)]
+    pub alive_interval: f64,
+    /// Post confirmable messages (retransmitted until acknowledged) instead of RIOT's NON.
+    #[arg(long)]
+    pub confirmable: bool,
+    /// Largest block served, in bytes (16 to 1024); longer values go block-wise.
+    #[arg(long, default_value_t = 1024)]
+    pub block_size: usize,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +251,12 @@ pub struct DemoArgs {
     /// Simulated websocket nodes.
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
+    /// The gateway's CoAP port; 0 picks a free one.
+    #[arg(long, default_value_t = 5683)]
+    pub coap_port: u16,
+    /// Simulated CoAP nodes, on 127.0.100.1 and up.
+    #[arg(long, default_value_t = 3)]
+    pub coap_nodes: usize,
     /// Seconds between readings.
     #[arg(long, default_value_t = 2.0)]
     pub interval: f64,

@@ -1,19 +1,15 @@
 //! `aiot gateway`: the device adapters, the hub, the local `/ws` endpoint for the on-device
 //! dashboard, and the optional uplink to a central broker.
 
-use std::sync::Arc;
-
-use axum::Router;
-use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::adapters::ws_node;
+use crate::adapters::{coap, ws_node};
 use crate::hub::{Hub, HubConfig};
 use crate::runtime::Supervisor;
 use crate::uplink::{self, UplinkSettings, UplinkState};
-use crate::web::api::{Api, DashboardConfig, Role};
-use crate::web::{self, clients::ClientEndpoint, socket::WsLimits};
+use crate::web::api::{DashboardConfig, Role};
+use crate::web::{self, socket::WsLimits};
 
 #[derive(Debug, Clone)]
 pub struct GatewaySettings {
@@ -22,6 +18,8 @@ pub struct GatewaySettings {
     /// `None`: standalone, local dashboard only.
     pub uplink: Option<UplinkSettings>,
     pub dashboard: DashboardConfig,
+    /// CoAP nodes; `None` when `coap.enabled` is false.
+    pub coap: Option<coap::Settings>,
 }
 
 /// The gateway's listeners, bound by the caller (tests bind port 0).
@@ -30,6 +28,8 @@ pub struct GatewayListeners {
     pub node: TcpListener,
     /// Web clients (`/ws`), the local dashboard.
     pub web: TcpListener,
+    /// CoAP nodes' UDP socket (`--coap-port`), if CoAP is enabled.
+    pub coap: Option<tokio::net::UdpSocket>,
 }
 
 pub struct Gateway {
@@ -51,6 +51,10 @@ pub fn start(
     }
     web::serve(supervisor, "websocket nodes", listeners.node, nodes);
 
+    if let (Some(socket), Some(settings)) = (listeners.coap, settings.coap) {
+        coap::start(supervisor, hub.clone(), socket, settings);
+    }
+
     let uplink = match settings.uplink {
         Some(uplink) => {
             tracing::info!(broker = %uplink.target, "uplink enabled");
@@ -62,21 +66,14 @@ pub fn start(
         }
     };
 
-    let clients = ClientEndpoint {
-        hub: hub.clone(),
-        limits: settings.limits,
-        supervisor: supervisor.clone(),
-    };
-    let api = Api {
-        role: Role::Gateway,
-        dashboard: Arc::new(settings.dashboard),
-        hub: Some(hub.clone()),
-        uplink: uplink.clone(),
-        metrics: hub.metrics().clone(),
-    };
-    let router = Router::new()
-        .route("/ws", get(web::clients::upgrade).with_state(clients))
-        .merge(web::dashboard(api));
+    let router = web::for_browsers(
+        supervisor,
+        &hub,
+        settings.limits,
+        Role::Gateway,
+        settings.dashboard,
+        uplink.clone(),
+    );
     if let Ok(addr) = listeners.web.local_addr() {
         tracing::info!(role = "gateway", %addr, "listening for web clients on /ws (dashboard on /)");
     }

@@ -19,8 +19,8 @@ use tokio::net::TcpListener;
 use crate::hub::{Hub, HubConfig};
 use crate::keys::Keys;
 use crate::runtime::Supervisor;
-use crate::web::api::{Api, DashboardConfig, Role};
-use crate::web::{self, clients::ClientEndpoint, socket::WsLimits};
+use crate::web::api::{DashboardConfig, Role};
+use crate::web::{self, socket::WsLimits};
 
 pub use auth::TOKEN_PROTOCOL;
 
@@ -51,22 +51,16 @@ pub fn start(supervisor: &Supervisor, listener: TcpListener, settings: BrokerSet
         limits: settings.limits.clone(),
         supervisor: supervisor.clone(),
     };
-    let clients = ClientEndpoint {
-        hub: hub.clone(),
-        limits: settings.limits,
-        supervisor: supervisor.clone(),
-    };
-    let api = Api {
-        role: Role::Broker,
-        dashboard: Arc::new(settings.dashboard),
-        hub: Some(hub.clone()),
-        uplink: None,
-        metrics: hub.metrics().clone(),
-    };
     let router = Router::new()
         .route("/gw", get(gateway_upgrade).with_state(gateways))
-        .route("/ws", get(web::clients::upgrade).with_state(clients))
-        .merge(web::dashboard(api));
+        .merge(web::for_browsers(
+            supervisor,
+            &hub,
+            settings.limits,
+            Role::Broker,
+            settings.dashboard,
+            None,
+        ));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(role = "broker", %addr, "listening (gateways on /gw, web clients on /ws, dashboard on /)");
     }

@@ -1,11 +1,13 @@
 //! Sans-IO wire formats: text in, typed values out, and back. No tokio, no sockets.
 //!
 //! - [`broker`]: the JSON messages between gateways, the broker and web clients (protocol.md §1).
+//! - [`coap`]: CoAP with nodes (protocol.md §2): datagrams, exchanges, link format, payloads.
 //! - [`node_ws`]: the JSON messages between a websocket node and its gateway (protocol.md §4).
 //! - [`reading`]: numbers inside resource values (`23°C`), for history.
 //! - [`limits`]: named limits shared by every endpoint.
 
 pub mod broker;
+pub mod coap;
 pub mod limits;
 pub mod node_ws;
 pub mod reading;

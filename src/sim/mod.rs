@@ -1,4 +1,5 @@
 //! Simulated nodes speaking the real protocols, as pyaiot's test-node scripts did: for demos,
 //! tests and load. Many run in one process.
 
+pub mod coap;
 pub mod ws;

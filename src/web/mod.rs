@@ -41,6 +41,36 @@ fn no_ipv6(error: &io::Error) -> bool {
     )
 }
 
+/// What a gateway and the broker both serve to browsers: `/ws` for web clients of `hub`, and
+/// the dashboard with its JSON endpoints.
+pub fn for_browsers(
+    supervisor: &Supervisor,
+    hub: &crate::hub::Hub,
+    limits: socket::WsLimits,
+    role: api::Role,
+    look: api::DashboardConfig,
+    uplink: Option<tokio::sync::watch::Receiver<crate::uplink::UplinkState>>,
+) -> Router {
+    let clients = clients::ClientEndpoint {
+        hub: hub.clone(),
+        limits,
+        supervisor: supervisor.clone(),
+    };
+    let api = api::Api {
+        role,
+        dashboard: std::sync::Arc::new(look),
+        hub: Some(hub.clone()),
+        uplink,
+        metrics: hub.metrics().clone(),
+    };
+    Router::new()
+        .route(
+            "/ws",
+            axum::routing::get(clients::upgrade).with_state(clients),
+        )
+        .merge(dashboard(api))
+}
+
 /// The dashboard: its files and its JSON endpoints, with the security headers on every answer.
 pub fn dashboard(api: api::Api) -> Router {
     assets::routes()

@@ -130,26 +130,7 @@ impl Drop for Aiot {
 /// A broker with a fresh key file; returns it, its address, and the key file's directory
 /// (kept alive by the caller).
 pub fn broker_with_keys() -> (Aiot, SocketAddr, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let keys = dir.path().join("keys");
-    let status = Command::new(env!("CARGO_BIN_EXE_aiot"))
-        .args(["keys", "generate", "--key-file"])
-        .arg(&keys)
-        .stdout(Stdio::null())
-        .status()
-        .expect("keys generate runs");
-    assert!(status.success());
-    let broker = Aiot::spawn(&[
-        "broker",
-        "--bind",
-        "127.0.0.1",
-        "--broker-port",
-        "0",
-        "--key-file",
-        keys.to_str().expect("utf-8 path"),
-    ]);
-    let addr = broker.listening("broker");
-    (broker, addr, dir)
+    broker_with_keys_args(&[])
 }
 
 pub fn key_file(dir: &tempfile::TempDir) -> String {
@@ -173,6 +154,9 @@ pub fn gateway(
         "--gateway-port",
         "0",
         "--web-port",
+        "0",
+        // Parallel gateways would all take CoAP's 5683 otherwise.
+        "--coap-port",
         "0",
     ]
     .map(String::from)
