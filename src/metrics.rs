@@ -17,14 +17,18 @@ pub enum Channel {
     WebClient,
     /// A gateway's link to its broker.
     Uplink,
+    /// CoAP datagrams on a gateway's UDP socket.
+    Coap,
 }
 
 impl Channel {
-    const ALL: [Channel; 4] = [
+    const COUNT: usize = 5;
+    const ALL: [Channel; Channel::COUNT] = [
         Channel::WebSocketNode,
         Channel::Gateway,
         Channel::WebClient,
         Channel::Uplink,
+        Channel::Coap,
     ];
 
     fn label(self) -> &'static str {
@@ -33,12 +37,13 @@ impl Channel {
             Channel::Gateway => "gateway",
             Channel::WebClient => "web_client",
             Channel::Uplink => "uplink",
+            Channel::Coap => "coap",
         }
     }
 }
 
 #[derive(Debug, Default)]
-struct PerChannel([AtomicU64; 4]);
+struct PerChannel([AtomicU64; Channel::COUNT]);
 
 impl PerChannel {
     fn add(&self, channel: Channel, n: u64) {
@@ -59,7 +64,8 @@ pub struct Metrics {
     messages_in: PerChannel,
     messages_out: PerChannel,
     peers_dropped: PerChannel,
-    connections: [AtomicI64; 4],
+    connections: [AtomicI64; Channel::COUNT],
+    messages_dropped: PerChannel,
     uplink_reconnects: AtomicU64,
     uplink_connected: AtomicU64,
 }
@@ -75,6 +81,7 @@ impl Default for Metrics {
             messages_out: PerChannel::default(),
             peers_dropped: PerChannel::default(),
             connections: Default::default(),
+            messages_dropped: PerChannel::default(),
             uplink_reconnects: AtomicU64::new(0),
             uplink_connected: AtomicU64::new(0),
         }
@@ -112,6 +119,11 @@ impl Metrics {
 
     pub fn sent(&self, channel: Channel, n: u64) {
         self.messages_out.add(channel, n);
+    }
+
+    /// A message we had to drop because a queue was full.
+    pub fn message_dropped(&self, channel: Channel) {
+        self.messages_dropped.add(channel, 1);
     }
 
     pub fn peer_dropped(&self, channel: Channel) {
@@ -182,6 +194,11 @@ impl Metrics {
                 "aiot_messages_sent_total",
                 "Messages sent.",
                 &self.messages_out,
+            ),
+            (
+                "aiot_messages_dropped_total",
+                "Messages dropped because a queue was full.",
+                &self.messages_dropped,
             ),
             (
                 "aiot_peers_dropped_total",

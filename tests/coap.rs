@@ -74,6 +74,20 @@ async fn alive_registers_a_node_once_in_order_and_is_answered_at_once() {
     gw.aiot
         .wait_for_log(&["CoAP node registered", "232323"], TIMEOUT);
     assert_eq!(gw.aiot.count_log("CoAP node registered"), 2);
+
+    // Five posts in, at least their five answers out (discovery requests come on top), as
+    // /metrics counts them.
+    let metrics = common::http_get(gw.web, "/metrics", &[]).await.text();
+    let count = |name: &str| -> u64 {
+        let prefix = format!("{name}{{channel=\"coap\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
+    };
+    assert_eq!(count("aiot_messages_received_total"), 5);
+    assert!(count("aiot_messages_sent_total") >= 5);
 }
 
 #[tokio::test]

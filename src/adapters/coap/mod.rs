@@ -15,12 +15,14 @@ pub mod nodes;
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::hub::{Hub, SourceCommand};
+use crate::metrics::{Channel, Metrics};
 use crate::proto::broker::NodeMessage;
 use crate::proto::coap::MAX_DATAGRAM;
 use crate::proto::coap::exchange::Transmit;
@@ -124,6 +126,7 @@ pub fn start(supervisor: &Supervisor, hub: Hub, socket: UdpSocket, settings: Set
             commands,
             forward,
             shutdown,
+            hub.metrics().clone(),
         )
         .await
     });
@@ -152,12 +155,14 @@ struct Outbox {
     queue: VecDeque<Transmit>,
     v6: bool,
     dropped: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl Outbox {
     fn push(&mut self, transmit: Transmit) {
         if self.queue.len() >= OUTBOX {
             self.dropped += 1;
+            self.metrics.message_dropped(Channel::Coap);
             if self.dropped.is_power_of_two() {
                 tracing::warn!(
                     dropped = self.dropped,
@@ -178,7 +183,7 @@ impl Outbox {
                 continue;
             };
             match socket.try_send_to(&transmit.datagram, to) {
-                Ok(_) => {}
+                Ok(_) => self.metrics.sent(Channel::Coap, 1),
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) => tracing::debug!(%to, %error, "CoAP send failed"),
             }
@@ -193,6 +198,7 @@ async fn run(
     mut commands: mpsc::Receiver<SourceCommand>,
     forward: mpsc::Sender<NodeMessage>,
     shutdown: tokio_util::sync::CancellationToken,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let local = socket
         .local_addr()
@@ -201,6 +207,7 @@ async fn run(
         queue: VecDeque::new(),
         v6: local.is_ipv6(),
         dropped: 0,
+        metrics: metrics.clone(),
     };
     let mut backlog: VecDeque<NodeMessage> = VecDeque::new();
     let mut backlog_dropped = 0u64;
@@ -228,6 +235,7 @@ async fn run(
                 for _ in 0..RECV_BATCH {
                     match socket.try_recv_from(&mut buffer) {
                         Ok((n, from)) => {
+                            metrics.received(Channel::Coap, 1);
                             let from = nodes::canonical(from);
                             if n > MAX_DATAGRAM {
                                 nodes.handle_oversize(from, &buffer[..n], now());
@@ -267,6 +275,7 @@ async fn run(
                 backlog.push_back(message);
             } else {
                 backlog_dropped += 1;
+                metrics.message_dropped(Channel::Coap);
                 if backlog_dropped.is_power_of_two() {
                     tracing::warn!(
                         dropped = backlog_dropped,
