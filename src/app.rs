@@ -289,6 +289,8 @@ async fn start_coap_nodes(supervisor: &Supervisor, args: CoapNodeArgs) -> anyhow
             pressure: args.pressure,
             imu: args.imu,
             js: args.js,
+            robot: args.robot,
+            version: args.version,
         },
         interval: seconds("--interval", args.interval)?,
         alive_interval: seconds("--alive-interval", args.alive_interval)?,

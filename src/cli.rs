@@ -144,6 +144,8 @@ pub enum NodeCommand {
     /// Websocket nodes connecting to a gateway's /node.
     Ws(WsNodeArgs),
     /// CoAP nodes posting to a gateway, each on its own address (127.0.1.1, 127.0.1.2, …).
+    // pyaiot's test node has a `--version` resource flag, so this command gives up clap's.
+    #[command(disable_version_flag = true)]
     Coap(CoapNodeArgs),
 }
 
@@ -179,6 +181,12 @@ pub struct CoapNodeArgs {
     /// Serve a long script as `js` (read with Block2).
     #[arg(long)]
     pub js: bool,
+    /// Serve pyaiot's robot resource (an action letter; PUT to drive it).
+    #[arg(long)]
+    pub robot: bool,
+    /// Serve a firmware version and post new ones (pyaiot's test node's `--version`).
+    #[arg(long)]
+    pub version: bool,
     /// Seconds between readings.
     #[arg(long, default_value_t = 5.0)]
     pub interval: f64,

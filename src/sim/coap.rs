@@ -34,6 +34,10 @@ pub struct Resources {
     pub imu: bool,
     /// A long text resource (a script, as pyaiot's `js`), read with Block2.
     pub js: bool,
+    /// pyaiot's robot: an action letter, read and written with PUT.
+    pub robot: bool,
+    /// A firmware version, served and posted (pyaiot's test node posts random ones).
+    pub version: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +196,12 @@ impl SimNode {
         if which.js {
             values.insert("js".into(), SCRIPT.repeat(4));
         }
+        if which.robot {
+            values.insert("robot".into(), "s".into());
+        }
+        if which.version {
+            values.insert("version".into(), "1.0.0".into());
+        }
         let block_szx = (block_size.clamp(16, 1024) / 16).ilog2() as u8;
         let mut node = SimNode {
             uid,
@@ -214,6 +224,10 @@ impl SimNode {
         }
         if self.which.imu {
             readings.push(("imu", imu()));
+        }
+        if self.which.version {
+            let digit = || fastrand::u8(1..9);
+            readings.push(("version", format!("{}.{}.{}", digit(), digit(), digit())));
         }
         readings
             .into_iter()
@@ -255,6 +269,15 @@ impl SimNode {
                             format!("led:{value}").into_bytes(),
                             Vec::new(),
                         )
+                    }
+                    _ => (Code::BAD_REQUEST, Vec::new(), Vec::new()),
+                };
+            }
+            (Code::PUT, "/robot") if self.which.robot => {
+                return match std::str::from_utf8(&request.payload) {
+                    Ok(action) if !action.is_empty() && action.len() <= 16 => {
+                        self.values.insert("robot".into(), action.to_owned());
+                        (Code::CHANGED, Vec::new(), Vec::new())
                     }
                     _ => (Code::BAD_REQUEST, Vec::new(), Vec::new()),
                 };
@@ -480,5 +503,32 @@ mod tests {
         put.payload = b"on".to_vec();
         assert_eq!(node.serve(&put).0, Code::BAD_REQUEST);
         assert_eq!(node.serve(&get("/nothing", None)).0, Code::NOT_FOUND);
+    }
+
+    #[test]
+    fn the_robot_takes_actions_and_versions_are_served_and_posted() {
+        let which = Resources {
+            robot: true,
+            version: true,
+            ..Resources::default()
+        };
+        let mut node = SimNode::new(0, "u".into(), which, 1024);
+        let (_, payload, _) = node.serve(&get("/.well-known/core", None));
+        assert_eq!(payload, b"</name>,</board>,</os>,</robot>,</version>");
+        assert_eq!(node.serve(&get("/robot", None)).1, b"s");
+        let mut put = get("/robot", None);
+        put.code = Code::PUT;
+        put.payload = b"f".to_vec();
+        assert_eq!(node.serve(&put).0, Code::CHANGED);
+        assert_eq!(node.serve(&get("/robot", None)).1, b"f");
+        put.payload = Vec::new();
+        assert_eq!(node.serve(&put).0, Code::BAD_REQUEST);
+        let posts = node.read_sensors();
+        assert!(
+            posts
+                .iter()
+                .any(|p| p.starts_with("version:") && p.matches('.').count() == 2),
+            "{posts:?}"
+        );
     }
 }
