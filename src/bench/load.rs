@@ -3,7 +3,7 @@
 //! Both live in the bench process and read time from one shared clock, so a latency is
 //! simply receive time minus the send time written in the update.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -35,6 +35,15 @@ pub struct Shared {
     pub received_in_window: AtomicU64,
     /// Clients that have seen every node appear, so that the load can start.
     pub clients_ready: AtomicUsize,
+    /// Clients connected that have asked for the nodes (sent their `new`).
+    pub clients_connected: AtomicUsize,
+    /// When the first node said hello (connected, or posted its first `alive`); `u64::MAX`
+    /// until then.
+    pub first_hello_ns: AtomicU64,
+    /// When the first and the last client had heard of every node (and, for CoAP, of every
+    /// node's discovered resources); `u64::MAX` and 0 until then.
+    pub first_ready_ns: AtomicU64,
+    pub last_ready_ns: AtomicU64,
 }
 
 impl Shared {
@@ -44,6 +53,10 @@ impl Shared {
             sent_in_window: AtomicU64::new(0),
             received_in_window: AtomicU64::new(0),
             clients_ready: AtomicUsize::new(0),
+            clients_connected: AtomicUsize::new(0),
+            first_hello_ns: AtomicU64::new(u64::MAX),
+            first_ready_ns: AtomicU64::new(u64::MAX),
+            last_ready_ns: AtomicU64::new(0),
         }
     }
 
@@ -53,6 +66,12 @@ impl Shared {
 
     pub fn instant(&self, ns: u64) -> tokio::time::Instant {
         tokio::time::Instant::from_std(self.base + Duration::from_nanos(ns))
+    }
+
+    /// A node says hello now.
+    pub fn hello(&self) {
+        self.first_hello_ns
+            .fetch_min(self.now_ns(), Ordering::Relaxed);
     }
 }
 
@@ -75,6 +94,19 @@ impl Plan {
     pub fn in_window(&self, ns: u64) -> bool {
         (self.warm_ns..self.end_ns).contains(&ns)
     }
+
+    /// When node `index` of `nodes` sends its update number `sent` (from 0): on a schedule,
+    /// the nodes are spread evenly over one period, so the gateway sees a steady stream
+    /// rather than all nodes at once; flat out, at the start. `None` once that is past the
+    /// end.
+    pub fn due(&self, index: usize, nodes: usize, sent: u64) -> Option<u64> {
+        let offset = match self.period {
+            Some(period) => period.mul_f64(index as f64 / nodes as f64 + sent as f64),
+            None => Duration::ZERO,
+        };
+        let at = self.start_ns.saturating_add(nanos(offset));
+        (at < self.end_ns).then_some(at)
+    }
 }
 
 /// What one node did.
@@ -82,6 +114,8 @@ impl Plan {
 pub struct NodeReport {
     pub sent: u64,
     pub sent_in_window: u64,
+    /// Datagrams the kernel refused to send (CoAP only).
+    pub send_failures: u64,
     pub error: Option<String>,
 }
 
@@ -109,7 +143,7 @@ async fn connect(url: &str) -> anyhow::Result<Ws> {
 
 /// Waits until `deadline`, at once if it has passed: a timer would round a past deadline up
 /// to the next millisecond tick, which would cap `--rate 0` at one update per node per tick.
-async fn until(deadline: Option<tokio::time::Instant>) {
+pub async fn until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) if deadline > tokio::time::Instant::now() => {
             tokio::time::sleep_until(deadline).await;
@@ -132,6 +166,7 @@ pub async fn node(
     stop: CancellationToken,
 ) -> NodeReport {
     let mut report = NodeReport::default();
+    shared.hello();
     let mut ws = match connect(&url).await {
         Ok(ws) => ws,
         Err(error) => {
@@ -145,22 +180,13 @@ pub async fn node(
     let result: anyhow::Result<()> = async {
         loop {
             let deadline = match plan {
-                Some(plan) if sending => {
-                    let offset = match plan.period {
-                        // Nodes are spread evenly over one period, so the gateway sees a steady
-                        // stream rather than all nodes at once.
-                        Some(period) => period
-                            .mul_f64(index as f64 / nodes as f64 + report.sent as f64),
-                        None => Duration::ZERO,
-                    };
-                    let at = plan.start_ns.saturating_add(nanos(offset));
-                    if at >= plan.end_ns {
+                Some(plan) if sending => match plan.due(index, nodes, report.sent) {
+                    Some(at) => Some(shared.instant(at)),
+                    None => {
                         sending = false;
                         None
-                    } else {
-                        Some(shared.instant(at))
                     }
-                }
+                },
                 _ => None,
             };
             tokio::select! {
@@ -271,25 +297,99 @@ struct Incoming<'a> {
     data: Option<&'a str>,
 }
 
-/// A web client on the broker's `/ws`: says `new`, counts nodes until it has heard of all of
-/// them, then records every `bench` update until `stop`.
+/// What a client has heard of one node before the load: whether it got the node's `new`,
+/// and which of the required resources (bit `i` for `required[i]`).
+#[derive(Debug, Default, Clone, Copy)]
+struct Heard {
+    announced: bool,
+    resources: u64,
+}
+
+/// A client's view of the nodes' arrival: it is ready once it has heard of `nodes` nodes and,
+/// of each, every resource in `required` (none for websocket nodes, whose `name` may come
+/// before or after their `new`; the discovered ones for CoAP nodes).
+#[derive(Debug)]
+pub struct Arrivals {
+    nodes: usize,
+    required: &'static [&'static str],
+    heard: HashMap<String, Heard>,
+    complete: usize,
+}
+
+impl Arrivals {
+    pub fn new(nodes: usize, required: &'static [&'static str]) -> Arrivals {
+        assert!(required.len() < 64, "at most 63 required resources");
+        Arrivals {
+            nodes,
+            required,
+            heard: HashMap::new(),
+            complete: 0,
+        }
+    }
+
+    fn all(&self) -> u64 {
+        (1u64 << self.required.len()) - 1
+    }
+
+    /// Takes a `new` (`endpoint` = `None`) or an `update` of `uid`; true once every node is
+    /// complete.
+    pub fn note(&mut self, uid: &str, new: bool, endpoint: Option<&str>) -> bool {
+        let all = self.all();
+        let bit = endpoint
+            .and_then(|e| self.required.iter().position(|r| *r == e))
+            .map_or(0, |i| 1u64 << i);
+        let (was, is) = match self.heard.get_mut(uid) {
+            Some(heard) => {
+                let was = heard.resources == all;
+                heard.announced |= new;
+                heard.resources |= bit;
+                (was, heard.resources == all)
+            }
+            None => {
+                let heard = Heard {
+                    announced: new,
+                    resources: bit,
+                };
+                self.heard.insert(uid.to_owned(), heard);
+                (false, bit == all)
+            }
+        };
+        if is && !was {
+            self.complete += 1;
+        }
+        self.ready()
+    }
+
+    pub fn ready(&self) -> bool {
+        self.complete >= self.nodes
+    }
+
+    /// Nodes heard of without a `new`.
+    pub fn unannounced(&self) -> usize {
+        self.heard.values().filter(|h| !h.announced).count()
+    }
+}
+
+/// A web client on the broker's `/ws`: says `new`, waits until it has heard of every node
+/// (see [`Arrivals`]), then records every `bench` update until `stop`.
 pub async fn client(
     url: String,
     nodes: usize,
+    required: &'static [&'static str],
     shared: Arc<Shared>,
     plan_rx: watch::Receiver<Option<Plan>>,
     stop: CancellationToken,
 ) -> ClientReport {
     let mut report = ClientReport::default();
-    // Nodes heard of in any message, and those announced with a `new`: a client should never
-    // get updates of a node it was not told about, so a difference is worth reporting.
-    let mut heard: HashSet<String> = HashSet::new();
-    let mut announced: HashSet<String> = HashSet::new();
+    // A client should never get updates of a node it was not told about, so nodes heard of
+    // without a `new` are worth reporting.
+    let mut arrivals = Arrivals::new(nodes, required);
     let mut ready = false;
     let result: anyhow::Result<()> = async {
         let mut ws = connect(&url).await?;
         ws.send(Message::text(r#"{"type":"new","data":"client"}"#))
             .await?;
+        shared.clients_connected.fetch_add(1, Ordering::Relaxed);
         loop {
             let text = tokio::select! {
                 biased;
@@ -314,15 +414,17 @@ pub async fn client(
             match (message.kind, message.endpoint) {
                 ("new" | "update", endpoint) if !ready && endpoint != Some(ENDPOINT) => {
                     if let Some(uid) = message.uid {
-                        heard.insert(uid.to_owned());
-                        if message.kind == "new" {
-                            announced.insert(uid.to_owned());
+                        if arrivals.note(uid, message.kind == "new", endpoint) {
+                            ready = true;
+                            report.unannounced = arrivals.unannounced();
+                            shared
+                                .first_ready_ns
+                                .fetch_min(received_ns, Ordering::Relaxed);
+                            shared
+                                .last_ready_ns
+                                .fetch_max(received_ns, Ordering::Relaxed);
+                            shared.clients_ready.fetch_add(1, Ordering::Relaxed);
                         }
-                    }
-                    if heard.len() >= nodes {
-                        ready = true;
-                        report.unannounced = heard.difference(&announced).count();
-                        shared.clients_ready.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 ("update", Some(ENDPOINT)) => {
@@ -386,6 +488,49 @@ mod tests {
         b.insert(1000);
         a.union(&b);
         assert_eq!(a.len(), 3);
+    }
+
+    #[test]
+    fn arrivals_need_every_node_and_its_required_resources() {
+        // Websocket nodes: any mention counts.
+        let mut ws = Arrivals::new(2, &[]);
+        assert!(!ws.note("a", false, Some("name")));
+        assert!(!ws.note("a", true, None));
+        assert!(ws.note("b", true, None));
+        assert_eq!(ws.unannounced(), 0);
+        let mut ws = Arrivals::new(1, &[]);
+        assert!(ws.note("a", false, Some("name")));
+        assert_eq!(ws.unannounced(), 1);
+        // CoAP nodes: every discovered resource, whatever the order, each counted once.
+        let mut coap = Arrivals::new(2, &["ip", "name"]);
+        assert!(!coap.note("a", true, None));
+        assert!(!coap.note("a", false, Some("ip")));
+        assert!(!coap.note("a", false, Some("board")));
+        assert!(!coap.note("a", false, Some("name")));
+        assert!(!coap.note("a", false, Some("name")));
+        assert!(!coap.note("b", false, Some("name")));
+        assert!(coap.note("b", false, Some("ip")));
+        assert_eq!(coap.unannounced(), 1);
+    }
+
+    #[test]
+    fn nodes_are_spread_over_one_period_until_the_end() {
+        let plan = Plan {
+            start_ns: 1_000,
+            warm_ns: 2_000,
+            end_ns: 1_000 + 40_000,
+            period: Some(Duration::from_micros(10)),
+        };
+        assert_eq!(plan.due(0, 4, 0), Some(1_000));
+        assert_eq!(plan.due(1, 4, 0), Some(3_500));
+        assert_eq!(plan.due(1, 4, 2), Some(23_500));
+        assert_eq!(plan.due(3, 4, 3), Some(38_500));
+        assert_eq!(plan.due(0, 4, 4), None);
+        let flat_out = Plan {
+            period: None,
+            ..plan
+        };
+        assert_eq!(flat_out.due(3, 4, 1_000_000), Some(1_000));
     }
 
     #[test]

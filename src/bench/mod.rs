@@ -1,15 +1,17 @@
 //! `aiot bench`: a load test of the whole path a reading takes. The broker and a gateway run
-//! as child processes of this binary; simulated websocket nodes (in this process) send
-//! timestamped updates to the gateway, which forwards them to the broker, which sends them to
-//! web clients (also in this process). Prints throughput, loss, latency, and what each child
-//! costs in CPU time per update and in memory.
+//! as child processes of this binary; simulated nodes (in this process; websocket nodes, or
+//! CoAP nodes with `--protocol coap`) send timestamped updates to the gateway, which forwards
+//! them to the broker, which sends them to web clients (also in this process). Prints
+//! throughput, loss, latency, how long the nodes took to be registered and discovered, and
+//! what each child costs in CPU time per update and in memory.
 
+mod coap;
 mod load;
 mod procs;
 mod stats;
 
 use std::ffi::OsString;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -21,20 +23,45 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
 use crate::keys::Keys;
 use load::{ClientReport, NodeReport, Plan, Seen, Shared};
 use procs::{Lab, Proc, Sample};
 use stats::{Latencies, count, mib, ms};
 
+/// How the simulated nodes talk to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// Websocket nodes on the gateway's /node.
+    #[value(alias = "ws")]
+    Websocket,
+    /// CoAP nodes (UDP), each on its own loopback address 127.77.x.y, posting NON to the
+    /// gateway's /alive and /server and answering its discovery.
+    Coap,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Websocket => "websocket",
+            Protocol::Coap => "CoAP",
+        }
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Simulated websocket nodes connected to the gateway.
+    /// How the nodes talk to the gateway.
+    #[arg(long, value_enum, default_value_t = Protocol::Websocket)]
+    pub protocol: Protocol,
+    /// Simulated nodes connected to the gateway.
     #[arg(long, default_value_t = 50)]
     pub nodes: usize,
     /// Web clients connected to the broker's /ws.
     #[arg(long, default_value_t = 2)]
     pub clients: usize,
-    /// Total updates per second, all nodes together; 0 sends as fast as the gateway takes them.
+    /// Total updates per second, all nodes together; 0 sends as fast as the gateway takes them
+    /// (CoAP: as fast as the nodes can send, since UDP never pushes back; expect loss).
     #[arg(long, default_value_t = 1000)]
     pub rate: u64,
     /// Seconds measured.
@@ -72,38 +99,61 @@ pub fn run(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
         .context("--warmup must be zero or a positive number of seconds")?;
 
     let lab = Lab::new()?;
+    // CoAP nodes are bound first: the gateway is told their port.
+    let coap_nodes = match args.protocol {
+        Protocol::Websocket => None,
+        Protocol::Coap => Some(coap::bind(args.nodes)?),
+    };
     let Started {
         gateway,
         broker,
         node_addr,
+        coap_addr,
         broker_addr,
         startup,
         idle,
-    } = start_roles(&lab, config)?;
+    } = start_roles(&lab, config, coap_nodes.as_ref().map(|(_, port)| *port))?;
 
     let plan = match args.rate {
         0 => "as fast as possible".to_owned(),
         rate => format!("{} updates/s", count(rate)),
     };
-    eprintln!(
-        "aiot bench: {} nodes -> gateway ws://{node_addr}/node -> broker ws://{broker_addr}/ws -> {} clients; \
-         {plan}, {:.1} s warm-up, {:.1} s measured",
-        args.nodes,
-        args.clients,
-        warmup.as_secs_f64(),
-        duration.as_secs_f64(),
-    );
+    let load = match (coap_nodes, coap_addr) {
+        (Some((sockets, port)), Some(gateway)) => {
+            eprintln!(
+                "aiot bench: {} CoAP nodes on {}…:{port} -> gateway coap://{gateway} -> broker \
+                 ws://{broker_addr}/ws -> {} clients; {plan}, {:.1} s warm-up, {:.1} s measured",
+                args.nodes,
+                coap::FIRST_ADDRESS,
+                args.clients,
+                warmup.as_secs_f64(),
+                duration.as_secs_f64(),
+            );
+            Load::Coap { sockets, gateway }
+        }
+        (Some(_), None) => bail!("the gateway did not start its CoAP adapter"),
+        (None, _) => {
+            eprintln!(
+                "aiot bench: {} nodes -> gateway ws://{node_addr}/node -> broker ws://{broker_addr}/ws -> {} clients; \
+                 {plan}, {:.1} s warm-up, {:.1} s measured",
+                args.nodes,
+                args.clients,
+                warmup.as_secs_f64(),
+                duration.as_secs_f64(),
+            );
+            Load::Websocket {
+                url: format!("ws://{node_addr}/node"),
+            }
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let urls = Urls {
-        node: format!("ws://{node_addr}/node"),
-        client: format!("ws://{broker_addr}/ws"),
-    };
+    let client_url = format!("ws://{broker_addr}/ws");
     let measured = runtime.block_on(async {
         tokio::select! {
-            measured = drive(&args, &urls, warmup, duration, [&gateway, &broker]) => measured,
+            measured = drive(&args, load, &client_url, warmup, duration, [&gateway, &broker]) => measured,
             // Returning (rather than dying of the signal) lets `lab` kill the children: a
             // `kill` or `timeout` reaches only this process, not its process group.
             signal = interrupted() => bail!("stopped by {signal}"),
@@ -144,21 +194,48 @@ struct Started {
     gateway: Proc,
     broker: Proc,
     node_addr: SocketAddr,
+    /// The gateway's CoAP socket, if its CoAP adapter runs.
+    coap_addr: Option<SocketAddr>,
     broker_addr: SocketAddr,
     startup: Startup,
     /// `[gateway, broker]`, before any node or client connects.
     idle: [Sample; 2],
 }
 
-fn start_roles(lab: &Lab, config: Option<&Path>) -> anyhow::Result<Started> {
+/// The configuration the children run with: the caller's (or the defaults), with the
+/// gateway's CoAP socket on loopback, as everything else (the file's `coap.bind` defaults to
+/// `::`, and no flag sets it).
+fn children_config(config: Option<&Path>) -> anyhow::Result<Config> {
+    let mut settings = match config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    settings.coap.bind = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    Ok(settings)
+}
+
+/// Starts the broker and the gateway; `coap_node_port`: the port of the bench's CoAP nodes,
+/// `None` for websocket nodes.
+fn start_roles(
+    lab: &Lab,
+    config: Option<&Path>,
+    coap_node_port: Option<u16>,
+) -> anyhow::Result<Started> {
     let key_file = lab.dir().join("keys");
     Keys::generate().write(&key_file, false)?;
+    let settings = children_config(config)?;
+    ensure!(
+        settings.coap.enabled || coap_node_port.is_none(),
+        "CoAP is disabled in the configuration (coap.enabled = false)"
+    );
+    let config_file = lab.dir().join("config.toml");
+    let text = toml::to_string(&settings).context("cannot write the children's configuration")?;
+    std::fs::write(&config_file, text)
+        .with_context(|| format!("cannot write {}", config_file.display()))?;
     let command = |words: &[&str]| {
         let mut list: Vec<OsString> = words.iter().map(OsString::from).collect();
         list.extend(["--key-file".into(), key_file.clone().into_os_string()]);
-        if let Some(config) = config {
-            list.extend(["--config".into(), config.into()]);
-        }
+        list.extend(["--config".into(), config_file.clone().into_os_string()]);
         list
     };
     let on_loopback = ["--bind", "127.0.0.1"];
@@ -168,12 +245,18 @@ fn start_roles(lab: &Lab, config: Option<&Path>) -> anyhow::Result<Started> {
     )?;
     let (broker_addr, broker_listening) = broker.listening("broker", STARTUP_TIMEOUT)?;
     let broker_url = format!("ws://{broker_addr}/gw");
+    let node_port = coap_node_port.map(|port| port.to_string());
+    let coap_flags: &[&str] = match &node_port {
+        Some(port) => &["--coap-port", "0", "--coap-node-port", port],
+        None => &["--coap-port", "0"],
+    };
     let gateway = lab.spawn(
         "gateway",
         &command(
             &[
                 &["gateway", "--gateway-port", "0", "--web-port", "0"][..],
                 &on_loopback,
+                coap_flags,
                 &["--broker-url", &broker_url],
             ]
             .concat(),
@@ -181,26 +264,42 @@ fn start_roles(lab: &Lab, config: Option<&Path>) -> anyhow::Result<Started> {
     )?;
     let (node_addr, nodes_listening) = gateway.listening("websocket nodes", STARTUP_TIMEOUT)?;
     let (_, web_listening) = gateway.listening("web clients", STARTUP_TIMEOUT)?;
+    let (coap_addr, coap_listening) = if settings.coap.enabled {
+        let (addr, at) = gateway.listening("CoAP nodes", STARTUP_TIMEOUT)?;
+        (Some(addr), at)
+    } else {
+        (None, Duration::ZERO)
+    };
     let (uplinked, _) = gateway.wait_for_log(&["connected to broker"], STARTUP_TIMEOUT)?;
     std::thread::sleep(IDLE_SETTLE);
     let idle = [gateway.sample()?, broker.sample()?];
     let startup = Startup {
-        listening: [nodes_listening.max(web_listening), broker_listening],
+        listening: [
+            nodes_listening.max(web_listening).max(coap_listening),
+            broker_listening,
+        ],
         uplinked: uplinked.duration_since(gateway.spawned),
     };
     Ok(Started {
         gateway,
         broker,
         node_addr,
+        coap_addr,
         broker_addr,
         startup,
         idle,
     })
 }
 
-struct Urls {
-    node: String,
-    client: String,
+/// The nodes to run.
+enum Load {
+    Websocket {
+        url: String,
+    },
+    Coap {
+        sockets: Vec<std::net::UdpSocket>,
+        gateway: SocketAddr,
+    },
 }
 
 /// From spawn to the log line, as this process read it; `[gateway, broker]`.
@@ -221,11 +320,19 @@ struct Measured {
     sampled: Duration,
     /// From the end of sending until every client had everything, or `DRAIN`.
     drained: Duration,
+    /// From the first node's hello to the first and to the last client having heard of every
+    /// node (and, for CoAP, of its discovered resources).
+    registration: Option<[Duration; 2]>,
+    /// `[gateway, broker]` once every client had every node, before the load.
+    registered: [Sample; 2],
+    /// The machine's UDP receive-buffer overflows and receive errors in the window.
+    udp_drops: Option<(u64, u64)>,
 }
 
 async fn drive(
     args: &BenchArgs,
-    urls: &Urls,
+    load: Load,
+    client_url: &str,
     warmup: Duration,
     duration: Duration,
     [gateway, broker]: [&Proc; 2],
@@ -235,54 +342,90 @@ async fn drive(
     let stop = CancellationToken::new();
     // Cancelled on every way out, so no task outlives the run.
     let _stop_guard = stop.clone().drop_guard();
+    let required = match load {
+        Load::Websocket { .. } => &[][..],
+        Load::Coap { .. } => coap::DISCOVERED,
+    };
 
     let mut clients = JoinSet::new();
     for _ in 0..args.clients {
         clients.spawn(load::client(
-            urls.client.clone(),
+            client_url.to_owned(),
             args.nodes,
+            required,
             shared.clone(),
             plan_rx.clone(),
             stop.clone(),
         ));
     }
     let mut nodes = JoinSet::new();
-    for index in 0..args.nodes {
-        nodes.spawn(load::node(
-            index,
-            args.nodes,
-            urls.node.clone(),
-            shared.clone(),
-            plan_rx.clone(),
-            stop.clone(),
-        ));
-    }
-
     let ready_by = Instant::now() + SETUP_TIMEOUT;
-    while shared.clients_ready.load(Ordering::Relaxed) < args.clients {
-        if let Some(done) = nodes.try_join_next() {
-            let report = done.context("a node task failed")?;
-            bail!(
-                "a node stopped before the load: {}",
-                report.error.unwrap_or_default()
-            );
-        }
-        if let Some(done) = clients.try_join_next() {
-            let report = done.context("a client task failed")?;
-            bail!(
-                "a client stopped before the load: {}",
-                report.error.unwrap_or_default()
-            );
-        }
+    // The clients first, so that the registration time is the nodes' alone.
+    while shared.clients_connected.load(Ordering::Relaxed) < args.clients {
+        check_running(&mut nodes, &mut clients)?;
         ensure!(
             Instant::now() < ready_by,
-            "after {SETUP_TIMEOUT:?}, only {} of {} clients had heard of all {} nodes",
-            shared.clients_ready.load(Ordering::Relaxed),
+            "after {SETUP_TIMEOUT:?}, only {} of {} clients had connected",
+            shared.clients_connected.load(Ordering::Relaxed),
             args.clients,
-            args.nodes
         );
         tokio::time::sleep(POLL).await;
     }
+    match load {
+        Load::Websocket { url } => {
+            for index in 0..args.nodes {
+                nodes.spawn(load::node(
+                    index,
+                    args.nodes,
+                    url.clone(),
+                    shared.clone(),
+                    plan_rx.clone(),
+                    stop.clone(),
+                ));
+            }
+        }
+        Load::Coap {
+            sockets,
+            gateway: to,
+        } => {
+            for (index, socket) in sockets.into_iter().enumerate() {
+                nodes.spawn(coap::node(
+                    index,
+                    args.nodes,
+                    socket,
+                    to,
+                    shared.clone(),
+                    plan_rx.clone(),
+                    stop.clone(),
+                ));
+            }
+        }
+    }
+
+    while shared.clients_ready.load(Ordering::Relaxed) < args.clients {
+        check_running(&mut nodes, &mut clients)?;
+        ensure!(
+            Instant::now() < ready_by,
+            "after {SETUP_TIMEOUT:?}, only {} of {} clients had heard of all {} nodes{}",
+            shared.clients_ready.load(Ordering::Relaxed),
+            args.clients,
+            args.nodes,
+            if required.is_empty() {
+                String::new()
+            } else {
+                format!(" and their resources {required:?}")
+            }
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    let hello = shared.first_hello_ns.load(Ordering::Relaxed);
+    let registration = [
+        shared.first_ready_ns.load(Ordering::Relaxed),
+        shared.last_ready_ns.load(Ordering::Relaxed),
+    ]
+    .map(|ready| Duration::from_nanos(ready.saturating_sub(hello)));
+    let registration = (hello != u64::MAX).then_some(registration);
+    let registered = [gateway.sample()?, broker.sample()?];
 
     let start_ns = shared.now_ns() + nanos(START_DELAY);
     let plan = Plan {
@@ -303,11 +446,19 @@ async fn drive(
     };
     tokio::time::sleep_until(shared.instant(plan.warm_ns)).await;
     let before = sample_all()?;
+    let udp_before = procs::udp_drops();
     let window_start = Instant::now();
     eprintln!("measuring...");
     tokio::time::sleep_until(shared.instant(plan.end_ns)).await;
     let after = sample_all()?;
     let sampled = window_start.elapsed();
+    let udp_drops = match (udp_before, procs::udp_drops()) {
+        (Some(before), Some(after)) => Some((
+            after.0.saturating_sub(before.0),
+            after.1.saturating_sub(before.1),
+        )),
+        _ => None,
+    };
 
     let sent_all = Instant::now();
     let expected =
@@ -336,7 +487,32 @@ async fn drive(
         after,
         sampled,
         drained,
+        registration,
+        registered,
+        udp_drops,
     })
+}
+
+/// Fails if a node or a client stopped before the load.
+fn check_running(
+    nodes: &mut JoinSet<NodeReport>,
+    clients: &mut JoinSet<ClientReport>,
+) -> anyhow::Result<()> {
+    if let Some(done) = nodes.try_join_next() {
+        let report = done.context("a node task failed")?;
+        bail!(
+            "a node stopped before the load: {}",
+            report.error.unwrap_or_default()
+        );
+    }
+    if let Some(done) = clients.try_join_next() {
+        let report = done.context("a client task failed")?;
+        bail!(
+            "a client stopped before the load: {}",
+            report.error.unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 fn nanos(duration: Duration) -> u64 {
@@ -366,6 +542,11 @@ struct Report {
     after: [Sample; 3],
     sampled: Duration,
     drained: Duration,
+    registration: Option<[Duration; 2]>,
+    registered: [Sample; 2],
+    udp_drops: Option<(u64, u64)>,
+    /// Datagrams the nodes could not send (CoAP).
+    send_failures: u64,
     ticks_per_second: u64,
     errors: Vec<String>,
 }
@@ -414,6 +595,10 @@ impl Report {
             after: measured.after,
             sampled: measured.sampled,
             drained: measured.drained,
+            registration: measured.registration,
+            registered: measured.registered,
+            udp_drops: measured.udp_drops,
+            send_failures: measured.nodes.iter().map(|n| n.send_failures).sum(),
             ticks_per_second,
             errors,
         }
@@ -430,8 +615,10 @@ impl Report {
             rate => format!("{} updates/s", count(rate)),
         };
         println!(
-            "aiot bench: {} websocket nodes -> gateway -> broker -> {} web clients",
-            args.nodes, args.clients
+            "aiot bench: {} {} nodes -> gateway -> broker -> {} web clients",
+            args.nodes,
+            args.protocol.name(),
+            args.clients
         );
         println!(
             "offered {offered}; {:.1} s warm-up, {:.1} s measured; {cores} CPU cores shared by \
@@ -489,7 +676,40 @@ impl Report {
             );
         }
         println!("  drain after sending stopped    {:>12}", ms(self.drained));
+        if args.protocol == Protocol::Coap {
+            if let Some((overflows, errors)) = self.udp_drops {
+                println!(
+                    "  UDP receive buffer overflows   {:>12}   (machine-wide, in the window; {} receive errors)",
+                    count(overflows),
+                    count(errors)
+                );
+            }
+            if self.send_failures > 0 {
+                println!(
+                    "  datagrams the nodes could not send: {}",
+                    count(self.send_failures)
+                );
+            }
+        }
         println!();
+        if let Some([first, all]) = self.registration {
+            let what = match args.protocol {
+                Protocol::Websocket => "first connect -> every node heard of at the clients",
+                Protocol::Coap => {
+                    "first alive -> every node's new, ip, protocol, name, board, os at the clients"
+                }
+            };
+            println!(
+                "registration of {} nodes ({what})",
+                count(args.nodes as u64)
+            );
+            println!(
+                "  to the first client {}   to every client {}",
+                ms(first),
+                ms(all)
+            );
+            println!();
+        }
         match &self.latencies {
             Some(l) => {
                 println!(
@@ -532,6 +752,12 @@ impl Report {
             "RSS idle",
             mib(self.idle[0].rss_kib),
             mib(self.idle[1].rss_kib)
+        );
+        println!(
+            "{:<34}{:>16}{:>16}",
+            "RSS with every node registered",
+            mib(self.registered[0].rss_kib),
+            mib(self.registered[1].rss_kib)
         );
         println!(
             "{:<34}{:>16}{:>16}{:>16}",

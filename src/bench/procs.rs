@@ -290,6 +290,28 @@ pub fn status_kib(status: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// The machine's UDP counters (`/proc/net/snmp`): `(RcvbufErrors, InErrors)`, datagrams
+/// dropped because a socket's receive buffer was full, and all receive errors. Machine-wide
+/// (this network namespace), so other traffic counts too; `None` if unreadable.
+pub fn udp_drops() -> Option<(u64, u64)> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    Some((
+        snmp_field(&snmp, "Udp", "RcvbufErrors")?,
+        snmp_field(&snmp, "Udp", "InErrors")?,
+    ))
+}
+
+/// A field of `/proc/net/snmp`, where each protocol has a line of names and then a line of
+/// values, both starting with `<Proto>:`.
+pub fn snmp_field(snmp: &str, proto: &str, key: &str) -> Option<u64> {
+    let prefix = format!("{proto}:");
+    let mut lines = snmp.lines().filter(|line| line.starts_with(&prefix));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let at = names.split_whitespace().position(|name| name == key)?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
 /// Clock ticks per second, the unit of /proc's CPU times. The `nix` build here lacks
 /// `sysconf` and unsafe code is forbidden, so ask `getconf`; Linux has used 100 everywhere
 /// for decades, which is the fallback.
@@ -331,6 +353,20 @@ mod tests {
         assert_eq!(status_kib(status, "VmSwap"), None);
         assert_eq!(status_kib(status, "Threads"), None, "no unit, not a size");
         assert_eq!(status_kib("VmRSSX:\t1 kB\n", "VmRSS"), None);
+    }
+
+    #[test]
+    fn snmp_fields_are_found_by_name() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\n\
+                    Udp: 100 2 7 90 5\n\
+                    UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\n\
+                    UdpLite: 0 0 0 0 0\n";
+        assert_eq!(snmp_field(snmp, "Udp", "RcvbufErrors"), Some(5));
+        assert_eq!(snmp_field(snmp, "Udp", "InErrors"), Some(7));
+        assert_eq!(snmp_field(snmp, "Ip", "DefaultTTL"), Some(64));
+        assert_eq!(snmp_field(snmp, "Udp", "Nothing"), None);
+        assert_eq!(snmp_field(snmp, "Tcp", "InErrors"), None);
     }
 
     #[test]
