@@ -121,9 +121,9 @@ impl Metrics {
         self.messages_out.add(channel, n);
     }
 
-    /// A message we had to drop because a queue was full.
-    pub fn message_dropped(&self, channel: Channel) {
-        self.messages_dropped.add(channel, 1);
+    /// Messages we had to drop (or refuse) because a queue was full.
+    pub fn messages_dropped(&self, channel: Channel, n: u64) {
+        self.messages_dropped.add(channel, n);
     }
 
     pub fn peer_dropped(&self, channel: Channel) {

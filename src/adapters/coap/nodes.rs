@@ -106,6 +106,9 @@ struct Node {
 pub struct Stats {
     pub registered: u64,
     pub refused: u64,
+    /// Requests refused with 5.03 because the hub was not keeping up: readings lost unless
+    /// the node retries (RIOT's NON posts are never retried).
+    pub busy: u64,
     pub timed_out: u64,
     pub ignored: u64,
 }
@@ -307,6 +310,7 @@ impl Nodes {
                         return self.refuse(&request, Code::SERVICE_UNAVAILABLE, "too many nodes");
                     }
                     if !known && self.backpressure {
+                        self.stats.busy += 1;
                         return self.refuse(&request, Code::SERVICE_UNAVAILABLE, "busy");
                     }
                     // Answer first: discovery never delays the node's answer.
@@ -323,6 +327,7 @@ impl Nodes {
                     );
                 };
                 if self.backpressure {
+                    self.stats.busy += 1;
                     return self.refuse(&request, Code::SERVICE_UNAVAILABLE, "busy");
                 }
                 match payload::server(&request.message.payload) {
