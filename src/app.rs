@@ -171,6 +171,7 @@ async fn start_gateway(
     config.gateway.gateway_port = args.gateway_port.unwrap_or(config.gateway.gateway_port);
     config.gateway.web_port = args.web_port.unwrap_or(config.gateway.web_port);
     config.gateway.max_time = args.max_time.unwrap_or(config.gateway.max_time);
+    config.coap.bind = args.coap_bind.unwrap_or(config.coap.bind);
     config.coap.port = args.coap_port.unwrap_or(config.coap.port);
     config.coap.node_port = args.coap_node_port.unwrap_or(config.coap.node_port);
     if args.interface.is_some() {

@@ -126,6 +126,9 @@ pub struct GatewayArgs {
     /// Seconds without news before a node is out.
     #[arg(long, value_name = "SECONDS")]
     pub max_time: Option<u64>,
+    /// Address the CoAP socket binds ("::" takes IPv4 too).
+    #[arg(long)]
+    pub coap_bind: Option<IpAddr>,
     /// UDP port CoAP nodes post /alive and /server to.
     #[arg(long)]
     pub coap_port: Option<u16>,

@@ -153,6 +153,10 @@ fn flags_override_the_config_file() {
             "0",
             "--web-port",
             "0",
+            "--coap-bind",
+            "127.0.0.1",
+            "--coap-port",
+            "0",
         ])
         .env("RUST_LOG", "aiot=info")
         .stderr(std::process::Stdio::piped())

@@ -155,7 +155,9 @@ pub fn gateway(
         "0",
         "--web-port",
         "0",
-        // Parallel gateways would all take CoAP's 5683 otherwise.
+        // Parallel gateways would all take CoAP's 5683 otherwise, on every interface.
+        "--coap-bind",
+        "127.0.0.1",
         "--coap-port",
         "0",
     ]

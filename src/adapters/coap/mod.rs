@@ -289,6 +289,10 @@ async fn run(
                 }
             }
         }
+        if backlog.is_empty() && backlog.capacity() > FORWARD_QUEUE {
+            // A burst's backlog is given back once drained, not kept for the next one.
+            backlog.shrink_to(FORWARD_QUEUE);
+        }
         nodes.set_backpressure(backlog.len() >= BACKLOG_HIGH);
         let busy = nodes.stats().busy;
         if busy > busy_reported {
