@@ -1,7 +1,7 @@
 //! Wiring: the config file and flags turned into running roles, and the one-shot commands.
 
 use std::io::IsTerminal as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use crate::adapters::coap;
 use crate::broker::{self, BrokerSettings};
 use crate::cli::{
     BrokerArgs, Cli, CoapNodeArgs, Command, ConfigCommand, DashboardArgs, DemoArgs, GatewayArgs,
-    KeysCommand, LookArgs, NodeCommand, WsNodeArgs,
+    KeysCommand, LookArgs, MqttNodeArgs, NodeCommand, WsNodeArgs,
 };
 use crate::config::{Config, DEFAULT_TOML};
 use crate::gateway::{self, GatewayListeners, GatewaySettings};
@@ -68,12 +68,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Gateway(args) => start_gateway(&supervisor, config, args).await?,
             Command::Node(NodeCommand::Ws(args)) => start_ws_nodes(&supervisor, args)?,
             Command::Node(NodeCommand::Coap(args)) => start_coap_nodes(&supervisor, args).await?,
+            Command::Node(NodeCommand::Mqtt(args)) => start_mqtt_nodes(&supervisor, args)?,
             Command::Dashboard(args) => start_dashboard(&supervisor, config, args).await?,
             Command::Demo(args) => start_demo(&supervisor, config, args).await?,
             Command::Config(_) | Command::Keys(_) | Command::Bench(_) => {
                 unreachable!("handled above")
             }
         }
+        // Every listener is bound by now: the roles bind before they start.
+        crate::runtime::notify::start(&supervisor);
         supervisor.run_until_signal().await
     })?;
     Ok(if clean {
@@ -84,10 +87,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn init_tracing(debug: bool) {
+    // rumqttd (the embedded MQTT broker) logs an ERROR for every ordinary disconnect; its
+    // real failures reach us as the broker task's error.
     let default = if debug {
-        "aiot=debug,warn"
+        "aiot=debug,warn,rumqttd=off"
     } else {
-        "aiot=info,warn"
+        "aiot=info,warn,rumqttd=off"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -177,6 +182,17 @@ async fn start_gateway(
     if args.interface.is_some() {
         config.coap.interface = args.interface;
     }
+    config.mqtt.port = args.mqtt_port.unwrap_or(config.mqtt.port);
+    config.mqtt.bind = args.mqtt_bind.unwrap_or(config.mqtt.bind);
+    if args.mqtt_host.is_some() {
+        config.mqtt.host = args.mqtt_host;
+    }
+    if args.mqtt_username.is_some() {
+        config.mqtt.username = args.mqtt_username;
+    }
+    if args.mqtt_password.is_some() {
+        config.mqtt.password = args.mqtt_password;
+    }
     config.uplink.broker_port = args.broker_port.unwrap_or(config.uplink.broker_port);
     if args.broker_host.is_some() {
         config.uplink.broker_host = args.broker_host;
@@ -194,6 +210,11 @@ async fn start_gateway(
         None => None,
     };
     let coap = coap_settings(&config)?;
+    let mqtt = mqtt_settings(&config)?;
+    let mqtt_connected = mqtt
+        .as_ref()
+        .filter(|m| m.broker.is_some())
+        .map(|m| m.adapter.connected.clone());
     let listeners = GatewayListeners {
         node: web::bind(config.gateway.bind, config.gateway.gateway_port).await?,
         web: web::bind(config.gateway.bind, config.gateway.web_port).await?,
@@ -211,9 +232,79 @@ async fn start_gateway(
             uplink,
             dashboard: config.dashboard_config(),
             coap,
+            mqtt,
         },
     );
+    if let Some(connected) = mqtt_connected {
+        // The embedded broker listens once the adapter got in: only then is the gateway up.
+        tokio::time::timeout(Duration::from_secs(10), connected.notified())
+            .await
+            .context("the gateway's MQTT adapter cannot reach its embedded broker")?;
+    }
     Ok(())
+}
+
+/// The MQTT adapter's settings, `None` if it is disabled. Without `mqtt.host` the embedded
+/// broker's address is reserved here (port 0 picks a free one), so a taken port fails the
+/// start like any other listener.
+fn mqtt_settings(config: &Config) -> anyhow::Result<Option<gateway::GatewayMqtt>> {
+    use crate::adapters::mqtt;
+    let section = &config.mqtt;
+    if !section.enabled {
+        return Ok(None);
+    }
+    let nodes = mqtt::nodes::Settings {
+        max_nodes: config.limits.max_nodes,
+        max_resources: config.limits.max_resources_per_node,
+        max_time: Duration::from_secs(config.gateway.max_time),
+    };
+    let credentials = section
+        .username
+        .clone()
+        .map(|user| (user, section.password.clone().unwrap_or_default()));
+    let (host, port, broker) = match &section.host {
+        Some(host) => (host.clone(), section.port, None),
+        None => {
+            let listen = match mqtt::reserve(SocketAddr::new(section.bind, section.port)) {
+                // No IPv6 here: the embedded broker on IPv4 only.
+                Err(error)
+                    if section.bind == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+                        && error.downcast_ref::<std::io::Error>().is_some_and(|e| {
+                            e.kind() == std::io::ErrorKind::AddrNotAvailable
+                                || e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT)
+                        }) =>
+                {
+                    mqtt::reserve(SocketAddr::new(
+                        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                        section.port,
+                    ))?
+                }
+                result => result?,
+            };
+            let host = if listen.ip().is_unspecified() {
+                Ipv4Addr::LOCALHOST.to_string()
+            } else {
+                listen.ip().to_string()
+            };
+            let broker = mqtt::BrokerSettings {
+                listen,
+                max_connections: section.max_connections,
+                max_payload: crate::proto::mqtt::MAX_PAYLOAD,
+            };
+            (host, listen.port(), Some(broker))
+        }
+    };
+    Ok(Some(gateway::GatewayMqtt {
+        adapter: mqtt::Settings {
+            host,
+            port,
+            credentials,
+            nodes,
+            check_interval: mqtt::CHECK_INTERVAL,
+            connected: Default::default(),
+        },
+        broker,
+    }))
 }
 
 /// The CoAP adapter's settings, `None` if it is disabled. Resolves the interface name.
@@ -359,6 +450,19 @@ fn start_ws_nodes(supervisor: &Supervisor, args: WsNodeArgs) -> anyhow::Result<(
     Ok(())
 }
 
+fn start_mqtt_nodes(supervisor: &Supervisor, args: MqttNodeArgs) -> anyhow::Result<()> {
+    sim::mqtt::start(
+        supervisor,
+        sim::mqtt::MqttNodes {
+            host: args.mqtt_host,
+            port: args.mqtt_port,
+            count: args.count,
+            interval: interval(args.interval)?,
+        },
+    );
+    Ok(())
+}
+
 async fn start_demo(
     supervisor: &Supervisor,
     mut config: Config,
@@ -381,6 +485,15 @@ async fn start_demo(
         },
     );
     let coap = coap_settings(&config)?;
+    // The demo's embedded MQTT broker, on loopback like everything else.
+    config.mqtt.host = None;
+    config.mqtt.bind = loopback;
+    config.mqtt.port = args.mqtt_port;
+    let mqtt = mqtt_settings(&config)?;
+    let mqtt_addr = mqtt
+        .as_ref()
+        .and_then(|m| m.broker.as_ref())
+        .map(|b| b.listen);
     let listeners = GatewayListeners {
         node: web::bind(loopback, args.gateway_port).await?,
         web: web::bind(loopback, args.web_port).await?,
@@ -428,10 +541,22 @@ async fn start_demo(
             uplink: Some(uplink),
             dashboard: config.dashboard_config(),
             coap,
+            mqtt,
         },
     );
     if let Some((nodes, sockets)) = coap_nodes {
         sim::coap::start(supervisor, nodes, sockets);
+    }
+    if let Some(addr) = mqtt_addr.filter(|_| args.mqtt_nodes > 0) {
+        sim::mqtt::start(
+            supervisor,
+            sim::mqtt::MqttNodes {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+                count: args.mqtt_nodes,
+                interval: interval(args.interval)?,
+            },
+        );
     }
     sim::ws::start(
         supervisor,
@@ -452,11 +577,18 @@ async fn start_demo(
          \x20 gateway dashboard  http://{web_addr}/   (the on-device UI; web clients on /ws)\n\
          \x20 websocket nodes    ws://{node_addr}/node  ({} simulated nodes with LED, temperature, pressure)\n\
          \x20 CoAP nodes         {}  ({} simulated nodes on 127.0.100.x)\n\
+         \x20 MQTT nodes         {}  ({} simulated nodes, embedded broker)\n\
          Open a dashboard in a browser; press Ctrl-C to stop.",
         args.nodes,
         coap_addr.map_or_else(|| "disabled".to_owned(), |a| format!("coap://{a}")),
         if coap_addr.is_some() {
             args.coap_nodes
+        } else {
+            0
+        },
+        mqtt_addr.map_or_else(|| "disabled".to_owned(), |a| format!("mqtt://{a}")),
+        if mqtt_addr.is_some() {
+            args.mqtt_nodes
         } else {
             0
         },

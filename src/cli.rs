@@ -25,6 +25,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The central broker: gateways on /gw, web clients on /ws.
@@ -138,6 +140,22 @@ pub struct GatewayArgs {
     /// Network interface of link-local IPv6 CoAP nodes (e.g. lowpan0).
     #[arg(long)]
     pub interface: Option<String>,
+    /// An external MQTT broker's host; without it the gateway runs its embedded broker.
+    #[arg(long)]
+    pub mqtt_host: Option<String>,
+    /// The embedded MQTT broker's port (default 1883; 0 picks a free one), or the external
+    /// broker's.
+    #[arg(long)]
+    pub mqtt_port: Option<u16>,
+    /// Address the embedded MQTT broker binds ("::" takes IPv4 too).
+    #[arg(long)]
+    pub mqtt_bind: Option<IpAddr>,
+    /// User name at an external MQTT broker.
+    #[arg(long)]
+    pub mqtt_username: Option<String>,
+    /// Password at an external MQTT broker.
+    #[arg(long, env = "AIOT_MQTT_PASSWORD", hide_env_values = true)]
+    pub mqtt_password: Option<String>,
     #[command(flatten)]
     pub look: LookArgs,
 }
@@ -150,6 +168,25 @@ pub enum NodeCommand {
     // pyaiot's test node has a `--version` resource flag, so this command gives up clap's.
     #[command(disable_version_flag = true)]
     Coap(CoapNodeArgs),
+    /// MQTT nodes with the resources of pyaiot's mqtt-test-node (name, os, ip, board, led,
+    /// temperature, pressure), clients of a gateway's MQTT broker.
+    Mqtt(MqttNodeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MqttNodeArgs {
+    /// The MQTT broker's host (the gateway's embedded broker).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub mqtt_host: String,
+    /// The MQTT broker's port.
+    #[arg(long, default_value_t = 1883)]
+    pub mqtt_port: u16,
+    /// How many nodes.
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
+    /// Seconds between temperature readings (pressure: twice this).
+    #[arg(long, default_value_t = 5.0)]
+    pub interval: f64,
 }
 
 #[derive(Debug, Args)]
@@ -268,6 +305,12 @@ pub struct DemoArgs {
     /// Simulated CoAP nodes, on 127.0.100.1 and up.
     #[arg(long, default_value_t = 3)]
     pub coap_nodes: usize,
+    /// The gateway's embedded MQTT broker port; 0 picks a free one.
+    #[arg(long, default_value_t = 1883)]
+    pub mqtt_port: u16,
+    /// Simulated MQTT nodes, clients of the gateway's embedded broker.
+    #[arg(long, default_value_t = 1)]
+    pub mqtt_nodes: usize,
     /// Seconds between readings.
     #[arg(long, default_value_t = 2.0)]
     pub interval: f64,

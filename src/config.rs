@@ -39,6 +39,35 @@ pub struct Config {
     pub dashboard: DashboardSection,
     pub limits: LimitsConfig,
     pub coap: CoapConfig,
+    pub mqtt: MqttConfig,
+}
+
+/// The gateway's MQTT nodes (protocol.md §3) and its embedded MQTT broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    pub enabled: bool,
+    /// An external broker; `None` runs the embedded one on `bind`:`port`.
+    pub host: Option<String>,
+    pub port: u16,
+    pub bind: IpAddr,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub max_connections: usize,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            enabled: true,
+            host: None,
+            port: 1883,
+            bind: ANY,
+            username: None,
+            password: None,
+            max_connections: crate::proto::limits::MAX_NODES,
+        }
+    }
 }
 
 /// The gateway's CoAP nodes (protocol.md §2).
@@ -274,6 +303,7 @@ impl Config {
                 self.coap.discovery_concurrency as u64,
             ),
             ("coap.max_body_bytes", self.coap.max_body_bytes as u64),
+            ("mqtt.max_connections", self.mqtt.max_connections as u64),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{key} must be greater than 0"));
@@ -289,6 +319,12 @@ impl Config {
         }
         if self.coap.interface.as_deref().is_some_and(str::is_empty) {
             return Err("coap.interface must not be empty".into());
+        }
+        if self.mqtt.host.as_deref().is_some_and(str::is_empty) {
+            return Err("mqtt.host must not be empty".into());
+        }
+        if self.mqtt.password.is_some() && self.mqtt.username.is_none() {
+            return Err("mqtt.password needs mqtt.username".into());
         }
         if self.limits.max_frame_bytes < 1024 {
             return Err("limits.max_frame_bytes must be at least 1024".into());

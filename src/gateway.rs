@@ -4,9 +4,11 @@
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::adapters::{coap, ws_node};
+use crate::adapters::{coap, mqtt, ws_node};
 use crate::hub::{Hub, HubConfig};
+use crate::metrics::Channel;
 use crate::runtime::Supervisor;
+use crate::runtime::notify::Probe;
 use crate::uplink::{self, UplinkSettings, UplinkState};
 use crate::web::api::{DashboardConfig, Role};
 use crate::web::{self, socket::WsLimits};
@@ -20,6 +22,15 @@ pub struct GatewaySettings {
     pub dashboard: DashboardConfig,
     /// CoAP nodes; `None` when `coap.enabled` is false.
     pub coap: Option<coap::Settings>,
+    /// MQTT nodes; `None` when `mqtt.enabled` is false.
+    pub mqtt: Option<GatewayMqtt>,
+}
+
+/// The MQTT adapter, and the embedded broker it talks to (`None`: an external broker).
+#[derive(Debug, Clone)]
+pub struct GatewayMqtt {
+    pub adapter: mqtt::Settings,
+    pub broker: Option<mqtt::BrokerSettings>,
 }
 
 /// The gateway's listeners, bound by the caller (tests bind port 0).
@@ -44,6 +55,7 @@ pub fn start(
 ) -> Gateway {
     let (hub, actor) = Hub::new(settings.hub, supervisor.shutdown_token());
     supervisor.spawn(actor);
+    supervisor.add_probe(Probe::hub(hub.clone()));
 
     let nodes = ws_node::routes(supervisor, hub.clone(), settings.limits.clone());
     if let Ok(addr) = listeners.node.local_addr() {
@@ -53,6 +65,13 @@ pub fn start(
 
     if let (Some(socket), Some(settings)) = (listeners.coap, settings.coap) {
         coap::start(supervisor, hub.clone(), socket, settings);
+    }
+
+    if let Some(settings) = settings.mqtt {
+        if let Some(broker) = settings.broker {
+            mqtt::start_broker(supervisor, broker);
+        }
+        mqtt::start(supervisor, hub.clone(), settings.adapter);
     }
 
     let uplink = match settings.uplink {
@@ -66,6 +85,17 @@ pub fn start(
         }
     };
 
+    let metrics = hub.metrics().clone();
+    let uplink_state = uplink.clone();
+    supervisor.set_status(move || {
+        let uplink =
+            web::api::uplink_text(uplink_state.as_ref(), Role::Gateway).unwrap_or_default();
+        format!(
+            "{} nodes ({} websocket); uplink {uplink}",
+            metrics.nodes(),
+            metrics.connections(Channel::WebSocketNode)
+        )
+    });
     let router = web::for_browsers(
         supervisor,
         &hub,

@@ -19,16 +19,19 @@ pub enum Channel {
     Uplink,
     /// CoAP datagrams on a gateway's UDP socket.
     Coap,
+    /// MQTT messages between a gateway and its MQTT broker.
+    Mqtt,
 }
 
 impl Channel {
-    const COUNT: usize = 5;
+    const COUNT: usize = 6;
     const ALL: [Channel; Channel::COUNT] = [
         Channel::WebSocketNode,
         Channel::Gateway,
         Channel::WebClient,
         Channel::Uplink,
         Channel::Coap,
+        Channel::Mqtt,
     ];
 
     fn label(self) -> &'static str {
@@ -38,6 +41,7 @@ impl Channel {
             Channel::WebClient => "web_client",
             Channel::Uplink => "uplink",
             Channel::Coap => "coap",
+            Channel::Mqtt => "mqtt",
         }
     }
 }
@@ -137,6 +141,11 @@ impl Metrics {
             metrics: self,
             channel,
         }
+    }
+
+    /// Open connections of one kind.
+    pub fn connections(&self, channel: Channel) -> i64 {
+        self.connections[channel as usize].load(Ordering::Relaxed)
     }
 
     pub fn uplink_connected(&self, connected: bool) {

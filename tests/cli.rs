@@ -157,6 +157,10 @@ fn flags_override_the_config_file() {
             "127.0.0.1",
             "--coap-port",
             "0",
+            "--mqtt-bind",
+            "127.0.0.1",
+            "--mqtt-port",
+            "0",
         ])
         .env("RUST_LOG", "aiot=info")
         .stderr(std::process::Stdio::piped())

@@ -60,6 +60,8 @@ async fn sigint_stops_the_demo_cleanly() {
         "0",
         "--web-port",
         "0",
+        "--mqtt-port",
+        "0",
         "--interval",
         "0.2",
     ]);

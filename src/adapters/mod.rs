@@ -2,4 +2,5 @@
 //! messages for the hub and carries out the writes the hub routes to it.
 
 pub mod coap;
+pub mod mqtt;
 pub mod ws_node;

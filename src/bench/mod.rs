@@ -247,8 +247,25 @@ fn start_roles(
     let broker_url = format!("ws://{broker_addr}/gw");
     let node_port = coap_node_port.map(|port| port.to_string());
     let coap_flags: &[&str] = match &node_port {
-        Some(port) => &["--coap-port", "0", "--coap-node-port", port],
-        None => &["--coap-port", "0"],
+        // The embedded MQTT broker too stays on loopback and off 1883, which may be taken.
+        Some(port) => &[
+            "--coap-port",
+            "0",
+            "--coap-node-port",
+            port,
+            "--mqtt-bind",
+            "127.0.0.1",
+            "--mqtt-port",
+            "0",
+        ],
+        None => &[
+            "--coap-port",
+            "0",
+            "--mqtt-bind",
+            "127.0.0.1",
+            "--mqtt-port",
+            "0",
+        ],
     };
     let gateway = lab.spawn(
         "gateway",

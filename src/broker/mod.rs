@@ -45,6 +45,17 @@ struct GatewayEndpoint {
 pub fn start(supervisor: &Supervisor, listener: TcpListener, settings: BrokerSettings) -> Hub {
     let (hub, actor) = Hub::new(settings.hub, supervisor.shutdown_token());
     supervisor.spawn(actor);
+    supervisor.add_probe(crate::runtime::notify::Probe::hub(hub.clone()));
+    let metrics = hub.metrics().clone();
+    supervisor.set_status(move || {
+        use crate::metrics::Channel;
+        format!(
+            "{} nodes; {} gateways; {} web clients",
+            metrics.nodes(),
+            metrics.connections(Channel::Gateway),
+            metrics.connections(Channel::WebClient)
+        )
+    });
     let gateways = GatewayEndpoint {
         hub: hub.clone(),
         keys: Arc::new(settings.keys),

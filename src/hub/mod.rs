@@ -82,6 +82,9 @@ enum Request {
     Snapshot {
         reply: oneshot::Sender<Snapshot>,
     },
+    Ping {
+        reply: oneshot::Sender<()>,
+    },
     History {
         uid: String,
         endpoint: String,
@@ -211,6 +214,11 @@ impl Hub {
     /// The current state and the live events after it, atomically.
     pub async fn subscribe(&self) -> Option<Subscription> {
         self.ask(|reply| Request::Subscribe { reply }).await
+    }
+
+    /// Whether the actor answers: the watchdog's probe of the hub.
+    pub async fn ping(&self) -> bool {
+        self.ask(|reply| Request::Ping { reply }).await.is_some()
     }
 
     pub async fn snapshot(&self) -> Option<Snapshot> {
@@ -375,6 +383,9 @@ impl Actor {
             }
             Request::Snapshot { reply } => {
                 let _ = reply.send(self.table.snapshot());
+            }
+            Request::Ping { reply } => {
+                let _ = reply.send(());
             }
             Request::History {
                 uid,

@@ -2,6 +2,7 @@
 //!
 //! - [`broker`]: the JSON messages between gateways, the broker and web clients (protocol.md §1).
 //! - [`coap`]: CoAP with nodes (protocol.md §2): datagrams, exchanges, link format, payloads.
+//! - [`mqtt`]: pyaiot's MQTT topic scheme with nodes (protocol.md §3): topics and payloads.
 //! - [`node_ws`]: the JSON messages between a websocket node and its gateway (protocol.md §4).
 //! - [`reading`]: numbers inside resource values (`23°C`), for history.
 //! - [`limits`]: named limits shared by every endpoint.
@@ -9,6 +10,7 @@
 pub mod broker;
 pub mod coap;
 pub mod limits;
+pub mod mqtt;
 pub mod node_ws;
 pub mod reading;
 

@@ -4,9 +4,11 @@
 //! every loop sees it and closes its peers politely, and the supervisor waits for the tasks up
 //! to a deadline.
 
+pub mod notify;
+
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -21,7 +23,13 @@ pub struct Supervisor {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     failed: Arc<AtomicBool>,
+    /// How the watchdog tells that each subsystem still works (see [`notify`]).
+    probes: Arc<Mutex<Vec<notify::Probe>>>,
+    /// The one-line summary for systemd's `STATUS=`.
+    status: Arc<Mutex<Option<StatusLine>>>,
 }
+
+type StatusLine = Box<dyn Fn() -> String + Send + Sync>;
 
 impl Default for Supervisor {
     fn default() -> Self {
@@ -35,6 +43,35 @@ impl Supervisor {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             failed: Arc::new(AtomicBool::new(false)),
+            probes: Arc::default(),
+            status: Arc::default(),
+        }
+    }
+
+    /// Adds a liveness probe the watchdog runs before each ping.
+    pub fn add_probe(&self, probe: notify::Probe) {
+        self.probes
+            .lock()
+            .expect("no panics while holding it")
+            .push(probe);
+    }
+
+    pub fn probes(&self) -> Vec<notify::Probe> {
+        self.probes
+            .lock()
+            .expect("no panics while holding it")
+            .clone()
+    }
+
+    /// Sets what `STATUS=` says; the role calls it once with a closure reading its counters.
+    pub fn set_status(&self, status: impl Fn() -> String + Send + Sync + 'static) {
+        *self.status.lock().expect("no panics while holding it") = Some(Box::new(status));
+    }
+
+    pub fn status_line(&self) -> String {
+        match &*self.status.lock().expect("no panics while holding it") {
+            Some(status) => status(),
+            None => "running".into(),
         }
     }
 
@@ -83,6 +120,7 @@ impl Supervisor {
             _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
             () = self.shutdown.cancelled() => {}
         }
+        notify::stopping();
         Ok(self.drain(DRAIN_DEADLINE).await)
     }
 

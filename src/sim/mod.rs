@@ -2,4 +2,5 @@
 //! tests and load. Many run in one process.
 
 pub mod coap;
+pub mod mqtt;
 pub mod ws;

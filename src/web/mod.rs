@@ -85,6 +85,9 @@ async fn with_security_headers(mut response: axum::response::Response) -> axum::
 
 /// Serves `router` on `listener` until shutdown, as an essential task named `name`.
 pub fn serve(supervisor: &Supervisor, name: &'static str, listener: TcpListener, router: Router) {
+    if let Ok(addr) = listener.local_addr() {
+        supervisor.add_probe(crate::runtime::notify::Probe::http(name, addr));
+    }
     let shutdown = supervisor.shutdown_token();
     supervisor.spawn_essential(name, async move {
         let app = router.into_make_service_with_connect_info::<SocketAddr>();

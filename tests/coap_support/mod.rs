@@ -38,6 +38,10 @@ pub fn gateway(node_port: u16, config: &str, extra: &[&str]) -> Gateway {
         "0",
         "--coap-node-port",
         &node_port,
+        "--mqtt-bind",
+        "127.0.0.1",
+        "--mqtt-port",
+        "0",
     ];
     args.extend_from_slice(extra);
     let aiot = Aiot::spawn(&args);

@@ -160,6 +160,11 @@ pub fn gateway(
         "127.0.0.1",
         "--coap-port",
         "0",
+        // Likewise MQTT's 1883 (a system mosquitto may hold it).
+        "--mqtt-bind",
+        "127.0.0.1",
+        "--mqtt-port",
+        "0",
     ]
     .map(String::from)
     .to_vec();

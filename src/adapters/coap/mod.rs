@@ -100,6 +100,7 @@ fn bind_once(addr: SocketAddr, receive_buffer: usize) -> io::Result<UdpSocket> {
 pub fn start(supervisor: &Supervisor, hub: Hub, socket: UdpSocket, settings: Settings) {
     if let Ok(addr) = socket.local_addr() {
         tracing::info!(role = "gateway", %addr, node_port = settings.node_port, "listening for CoAP nodes on /alive and /server");
+        supervisor.add_probe(crate::runtime::notify::Probe::coap(addr));
     }
     let supervisor2 = supervisor.clone();
     supervisor.spawn_essential("coap", async move {

@@ -1,0 +1,378 @@
+//! MQTT nodes (protocol.md §3): the gateway is an MQTT client (rumqttc) of its own embedded
+//! broker (rumqttd, on by default) or of an external one. One hub source owns every MQTT node.
+//!
+//! The client loop only moves messages and time in and out of [`nodes::Nodes`]; it never
+//! waits on the hub (a forwarder task does, behind a bounded queue and backlog) and never
+//! waits on the client's request queue (`try_*`: what does not fit is dropped and logged).
+//! It reconnects with backoff and subscribes again after every ConnAck (clean sessions).
+
+pub mod nodes;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+use crate::hub::{Hub, SourceCommand};
+use crate::metrics::{Channel, Metrics};
+use crate::proto::broker::NodeMessage;
+use crate::proto::mqtt;
+use crate::runtime::Supervisor;
+
+pub use nodes::{Action, Nodes, PROTOCOL};
+
+/// Node messages between the client loop and the forwarder to the hub.
+const FORWARD_QUEUE: usize = 1024;
+/// Messages waiting for the forwarder before new nodes are ignored.
+const BACKLOG_HIGH: usize = 16 * 1024;
+/// Messages waiting at most; past this updates are dropped and counted.
+const BACKLOG_MAX: usize = 64 * 1024;
+/// Events from the MQTT event loop task waiting for the client loop.
+const LINK_QUEUE: usize = 1024;
+/// Writes from clients waiting for the loop.
+const COMMANDS: usize = 256;
+/// The client's request queue (subscribes, publishes).
+const REQUESTS: usize = 4096;
+/// Topics per SUBSCRIBE packet when subscribing again.
+const FILTERS_PER_PACKET: usize = 64;
+/// How often the gateway asks every node to check in (pyaiot: 30 s).
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(30);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Where the MQTT broker is, and how to log in.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    pub credentials: Option<(String, String)>,
+    pub nodes: nodes::Settings,
+    pub check_interval: Duration,
+    /// Notified at every ConnAck (a permit is kept if nobody waits): the gateway waits for the
+    /// first one from its embedded broker before it counts as started.
+    pub connected: Arc<tokio::sync::Notify>,
+}
+
+/// The embedded broker's settings.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    pub max_payload: usize,
+}
+
+/// Binds `addr` once to learn the port (port 0 picks one), and releases it for the
+/// embedded broker, which binds it itself.
+pub fn reserve(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+    use anyhow::Context as _;
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot bind the MQTT broker to {addr}"))?;
+    Ok(listener.local_addr()?)
+}
+
+/// Starts the embedded MQTT 3.1.1 broker: rumqttd's router on its own thread, its listener as
+/// an essential task on our runtime.
+pub fn start_broker(supervisor: &Supervisor, settings: BrokerSettings) {
+    let router = rumqttd::RouterConfig {
+        max_connections: settings.max_connections,
+        max_outgoing_packet_count: 200,
+        max_segment_size: (settings.max_payload * 2).max(100 * 1024),
+        max_segment_count: 4,
+        ..Default::default()
+    };
+    let router_tx = rumqttd::Router::new(0, router).spawn();
+    let server = rumqttd::ServerSettings {
+        name: "aiot-mqtt".into(),
+        listen: settings.listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: rumqttd::ConnectionSettings {
+            connection_timeout_ms: 10_000,
+            max_payload_size: settings.max_payload,
+            max_inflight_count: 100,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    tracing::info!(role = "gateway", addr = %settings.listen, "listening for MQTT clients (embedded broker, MQTT 3.1.1)");
+    let shutdown = supervisor.shutdown_token();
+    supervisor.spawn_essential("mqtt broker", async move {
+        let mut server = rumqttd::Server::new(server, router_tx, rumqttd::protocol::v4::V4);
+        tokio::select! {
+            () = shutdown.cancelled() => Ok(()),
+            result = server.start(rumqttd::LinkType::Remote) => {
+                result.map_err(|e| anyhow::anyhow!("the embedded MQTT broker failed: {e}"))
+            }
+        }
+    });
+}
+
+/// A client id no other gateway uses (pyaiot's fixed one made gateways kick each other off).
+fn client_id() -> String {
+    let uuid = uuid::Uuid::new_v4().simple().to_string();
+    format!("aiot-gw-{}", &uuid[..12])
+}
+
+/// Starts the MQTT adapter: the client loop and its forwarder to the hub.
+pub fn start(supervisor: &Supervisor, hub: Hub, settings: Settings) {
+    let supervisor2 = supervisor.clone();
+    let shutdown = supervisor.shutdown_token();
+    supervisor.spawn(async move {
+        let (commands_tx, commands) = mpsc::channel(COMMANDS);
+        let Some(source) = hub.register("MQTT nodes", commands_tx).await else {
+            return;
+        };
+        let (forward, mut forwarded) = mpsc::channel::<NodeMessage>(FORWARD_QUEUE);
+        supervisor2.spawn(async move {
+            let mut batch = Vec::with_capacity(64);
+            while forwarded.recv_many(&mut batch, 64).await > 0 {
+                for message in batch.drain(..) {
+                    source.send(message).await;
+                }
+            }
+            source.close().await;
+        });
+        let metrics = hub.metrics().clone();
+        run(settings, commands, forward, shutdown, metrics).await;
+    });
+}
+
+struct Loop {
+    client: AsyncClient,
+    nodes: Nodes,
+    backlog: VecDeque<NodeMessage>,
+    dropped: u64,
+    metrics: Arc<Metrics>,
+}
+
+impl Loop {
+    fn qos() -> QoS {
+        QoS::AtLeastOnce
+    }
+
+    fn subscribe(&mut self, filters: Vec<String>) {
+        for chunk in filters.chunks(FILTERS_PER_PACKET) {
+            let many = chunk
+                .iter()
+                .map(|f| rumqttc::SubscribeFilter::new(f.clone(), Self::qos()));
+            if let Err(error) = self.client.try_subscribe_many(many) {
+                self.drop_request("subscribe", &error);
+            }
+        }
+    }
+
+    fn drop_request(&mut self, what: &str, error: &rumqttc::ClientError) {
+        self.dropped += 1;
+        self.metrics.messages_dropped(Channel::Mqtt, 1);
+        if self.dropped.is_power_of_two() {
+            tracing::warn!(dropped = self.dropped, %error, "MQTT {what} dropped: the client queue is full");
+        }
+    }
+
+    fn act(&mut self) {
+        while let Some(action) = self.nodes.poll_action() {
+            match action {
+                Action::Subscribe(filters) => self.subscribe(filters),
+                Action::Unsubscribe(filters) => {
+                    for filter in filters {
+                        if let Err(error) = self.client.try_unsubscribe(filter) {
+                            self.drop_request("unsubscribe", &error);
+                        }
+                    }
+                }
+                Action::Publish { topic, payload } => {
+                    match self.client.try_publish(topic, Self::qos(), false, payload) {
+                        Ok(()) => self.metrics.sent(Channel::Mqtt, 1),
+                        Err(error) => self.drop_request("publish", &error),
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn run(
+    settings: Settings,
+    mut commands: mpsc::Receiver<SourceCommand>,
+    forward: mpsc::Sender<NodeMessage>,
+    shutdown: tokio_util::sync::CancellationToken,
+    metrics: Arc<Metrics>,
+) {
+    let id = client_id();
+    let mut options = MqttOptions::new(id.clone(), settings.host.clone(), settings.port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_clean_session(true);
+    options.set_max_packet_size(1024 * 1024, mqtt::MAX_PAYLOAD + 1024);
+    if let Some((user, password)) = &settings.credentials {
+        options.set_credentials(user.clone(), password.clone());
+    }
+    let (client, eventloop) = AsyncClient::new(options, REQUESTS);
+    tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), client_id = %id, "MQTT adapter started");
+    let mut state = Loop {
+        client,
+        nodes: Nodes::new(settings.nodes.clone()),
+        backlog: VecDeque::new(),
+        dropped: 0,
+        metrics: metrics.clone(),
+    };
+    // The event loop runs in its own task: `poll` is never cancelled half-way through a
+    // connect, and it waits only for this loop (which never waits), so TCP pushes back.
+    let (links_tx, mut links) = mpsc::channel(LINK_QUEUE);
+    tokio::spawn(drive(eventloop, links_tx, shutdown.clone()));
+    let mut connected = false;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut check = tokio::time::interval(settings.check_interval);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backlog_dropped = 0u64;
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            permit = forward.reserve(), if !state.backlog.is_empty() => {
+                let Ok(permit) = permit else { break };
+                if let Some(message) = state.backlog.pop_front() {
+                    permit.send(message);
+                }
+                while !state.backlog.is_empty() {
+                    let Ok(permit) = forward.try_reserve() else { break };
+                    if let Some(message) = state.backlog.pop_front() {
+                        permit.send(message);
+                    }
+                }
+            }
+            Some(link) = links.recv() => match link {
+                Link::Connected => {
+                    tracing::info!(client_id = %id, "MQTT connected");
+                    connected = true;
+                    settings.connected.notify_one();
+                    let filters = state.nodes.filters();
+                    state.subscribe(filters);
+                    if let Err(error) = state.client.try_publish(mqtt::GATEWAY_CHECK, Loop::qos(), false, Vec::new()) {
+                        state.drop_request("publish", &error);
+                    }
+                }
+                Link::Message { topic, payload } => {
+                    metrics.received(Channel::Mqtt, 1);
+                    let accept_new = state.backlog.len() < BACKLOG_HIGH;
+                    if let Err(error) = state.nodes.handle(&topic, &payload, Instant::now(), accept_new) {
+                        tracing::debug!(topic = %mqtt_shorten(&topic), %error, "MQTT message dropped");
+                    }
+                }
+                Link::Down(error) => {
+                    if connected {
+                        tracing::warn!(%error, "MQTT connection lost, reconnecting");
+                    } else {
+                        tracing::debug!(%error, "MQTT connection failed, retrying");
+                    }
+                    connected = false;
+                }
+            },
+            Some(command) = commands.recv() => {
+                if let SourceCommand::Write { write, .. } = command {
+                    state.nodes.write(&write);
+                }
+            }
+            _ = tick.tick() => state.nodes.expire(Instant::now()),
+            _ = check.tick() => {
+                if connected {
+                    tracing::debug!("asking MQTT nodes to check in");
+                    if let Err(error) = state.client.try_publish(mqtt::GATEWAY_CHECK, Loop::qos(), false, Vec::new()) {
+                        state.drop_request("publish", &error);
+                    }
+                }
+            }
+        }
+        state.act();
+        while let Some(message) = state.nodes.poll_publish() {
+            if state.backlog.is_empty() {
+                match forward.try_send(message) {
+                    Ok(()) => continue,
+                    Err(mpsc::error::TrySendError::Full(message)) => {
+                        state.backlog.push_back(message);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            } else if state.backlog.len() < BACKLOG_MAX {
+                state.backlog.push_back(message);
+            } else {
+                backlog_dropped += 1;
+                metrics.messages_dropped(Channel::Mqtt, 1);
+                if backlog_dropped.is_power_of_two() {
+                    tracing::warn!(
+                        dropped = backlog_dropped,
+                        "MQTT node messages dropped: the hub is not keeping up"
+                    );
+                }
+            }
+        }
+        if state.backlog.is_empty() && state.backlog.capacity() > FORWARD_QUEUE {
+            state.backlog.shrink_to(FORWARD_QUEUE);
+        }
+    }
+    let _ = state.client.try_disconnect();
+    tracing::debug!(nodes = state.nodes.len(), "MQTT adapter stopped");
+}
+
+/// What the event loop task reports.
+enum Link {
+    Connected,
+    Message {
+        topic: String,
+        payload: bytes::Bytes,
+    },
+    Down(String),
+}
+
+/// Keeps polling rumqttc's event loop (it reconnects on the next poll), backing off after
+/// each failure.
+async fn drive(
+    mut eventloop: rumqttc::EventLoop,
+    links: mpsc::Sender<Link>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let link = tokio::select! {
+            () = shutdown.cancelled() => return,
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff = BACKOFF_MIN;
+                    Link::Connected
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => Link::Message {
+                    topic: publish.topic,
+                    payload: publish.payload,
+                },
+                Ok(_) => continue,
+                Err(error) => {
+                    if links.send(Link::Down(error.to_string())).await.is_err() {
+                        return;
+                    }
+                    let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff + jitter) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            },
+        };
+        if links.send(link).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn mqtt_shorten(topic: &str) -> String {
+    const KEEP: usize = 80;
+    match topic.char_indices().nth(KEEP) {
+        Some((cut, _)) => format!("{}…", &topic[..cut]),
+        None => topic.to_owned(),
+    }
+}
