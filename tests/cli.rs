@@ -1,5 +1,7 @@
 //! The command line as a user meets it: help, keys, config.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 
@@ -145,23 +147,8 @@ fn flags_override_the_config_file() {
     )
     .expect("write");
     let mut gateway = Command::new(env!("CARGO_BIN_EXE_aiot"))
-        .args([
-            "--config",
-            path.to_str().expect("utf-8"),
-            "gateway",
-            "--gateway-port",
-            "0",
-            "--web-port",
-            "0",
-            "--coap-bind",
-            "127.0.0.1",
-            "--coap-port",
-            "0",
-            "--mqtt-bind",
-            "127.0.0.1",
-            "--mqtt-port",
-            "0",
-        ])
+        .args(["--config", path.to_str().expect("utf-8"), "gateway"])
+        .args(common::GATEWAY_ON_LOOPBACK)
         .env("RUST_LOG", "aiot=info")
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -4,10 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Aiot, Peer, TIMEOUT};
@@ -45,7 +43,7 @@ fn publish(broker: SocketAddr, topic: &str, payload: &str) {
 /// A `mosquitto_sub -v` whose output lines ("topic payload") are collected.
 struct Sub {
     child: Child,
-    lines: Arc<(Mutex<Vec<String>>, Condvar)>,
+    lines: common::Lines,
 }
 
 impl Sub {
@@ -64,16 +62,7 @@ impl Sub {
             .spawn()
             .expect("mosquitto_sub runs");
         let stdout = child.stdout.take().expect("piped");
-        let lines: Arc<(Mutex<Vec<String>>, Condvar)> = Arc::default();
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let (lines, changed) = &*sink;
-                lines.lock().expect("lock").push(line);
-                changed.notify_all();
-            }
-        });
+        let lines = common::collect_lines(stdout);
         Sub { child, lines }
     }
 

@@ -7,7 +7,7 @@ mod common;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use common::{Aiot, TIMEOUT, http_get};
+use common::{Aiot, GATEWAY_ON_LOOPBACK, TIMEOUT, http_get};
 use nix::sys::signal::Signal;
 
 struct FakeSystemd {
@@ -56,24 +56,11 @@ impl FakeSystemd {
 #[tokio::test]
 async fn ready_status_watchdog_and_stopping_reach_systemd() {
     let systemd = FakeSystemd::new();
+    let args: Vec<&str> = std::iter::once("gateway")
+        .chain(GATEWAY_ON_LOOPBACK.iter().copied())
+        .collect();
     let mut gateway = Aiot::spawn_env(
-        &[
-            "gateway",
-            "--bind",
-            "127.0.0.1",
-            "--gateway-port",
-            "0",
-            "--web-port",
-            "0",
-            "--coap-bind",
-            "127.0.0.1",
-            "--coap-port",
-            "0",
-            "--mqtt-bind",
-            "127.0.0.1",
-            "--mqtt-port",
-            "0",
-        ],
+        &args,
         &[
             ("NOTIFY_SOCKET", &systemd.path),
             ("WATCHDOG_USEC", "600000"),

@@ -17,10 +17,47 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Lines read from a child's output by a thread, and a condition to wait on for new ones.
+pub type Lines = Arc<(Mutex<Vec<String>>, Condvar)>;
+
+/// Collects every line `reader` gives, until it ends.
+pub fn collect_lines(reader: impl std::io::Read + Send + 'static) -> Lines {
+    let lines: Lines = Arc::default();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            let (lines, changed) = &*sink;
+            lines.lock().expect("lines lock").push(line);
+            changed.notify_all();
+        }
+    });
+    lines
+}
+
+/// Flags that keep a test gateway on loopback and on ephemeral ports: parallel gateways would
+/// otherwise all take CoAP's 5683 and MQTT's 1883 (which a system mosquitto may hold).
+pub const GATEWAY_ON_LOOPBACK: &[&str] = &[
+    "--bind",
+    "127.0.0.1",
+    "--gateway-port",
+    "0",
+    "--web-port",
+    "0",
+    "--coap-bind",
+    "127.0.0.1",
+    "--coap-port",
+    "0",
+    "--mqtt-bind",
+    "127.0.0.1",
+    "--mqtt-port",
+    "0",
+];
+
 /// A running `aiot` process whose stderr (the log) is collected line by line.
 pub struct Aiot {
     child: Child,
-    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    log: Lines,
 }
 
 impl Aiot {
@@ -41,16 +78,7 @@ impl Aiot {
         }
         let mut child = command.spawn().expect("the aiot binary starts");
         let stderr = child.stderr.take().expect("stderr is piped");
-        let log: Arc<(Mutex<Vec<String>>, Condvar)> = Arc::default();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let (lines, changed) = &*sink;
-                lines.lock().expect("log lock").push(line);
-                changed.notify_all();
-            }
-        });
+        let log = collect_lines(stderr);
         Aiot { child, log }
     }
 
@@ -147,27 +175,10 @@ pub fn gateway(
     broker: Option<(SocketAddr, &str)>,
     extra: &[&str],
 ) -> (Aiot, SocketAddr, SocketAddr) {
-    let mut args: Vec<String> = [
-        "gateway",
-        "--bind",
-        "127.0.0.1",
-        "--gateway-port",
-        "0",
-        "--web-port",
-        "0",
-        // Parallel gateways would all take CoAP's 5683 otherwise, on every interface.
-        "--coap-bind",
-        "127.0.0.1",
-        "--coap-port",
-        "0",
-        // Likewise MQTT's 1883 (a system mosquitto may hold it).
-        "--mqtt-bind",
-        "127.0.0.1",
-        "--mqtt-port",
-        "0",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args: Vec<String> = std::iter::once("gateway")
+        .chain(GATEWAY_ON_LOOPBACK.iter().copied())
+        .map(String::from)
+        .collect();
     if let Some((addr, key_file)) = broker {
         args.extend([
             "--broker-url".into(),
