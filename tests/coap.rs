@@ -112,6 +112,8 @@ async fn a_node_that_moves_keeps_its_uid_and_a_silent_one_goes_out() {
         })
         .await;
     // Values now come from the new address; the old one is nobody.
+    // The node's last news: the gateway's clock for it starts after this instant.
+    let silent_since = Instant::now();
     let answer = there.answer_to(Type::Confirmable, "/server", "led:1").await;
     assert_eq!(answer.code, Code::CHANGED);
     client
@@ -119,8 +121,8 @@ async fn a_node_that_moves_keeps_its_uid_and_a_silent_one_goes_out() {
         .await;
     let answer = here.answer_to(Type::Confirmable, "/server", "led:0").await;
     assert_eq!(answer.code, Code::FORBIDDEN);
-    // A server post counts as news; then silence: out after --max-time.
-    let silent_since = Instant::now();
+    // A server post counts as news (a refused one does not); then silence: out after
+    // --max-time.
     client
         .wait_for(Duration::from_secs(6), |m| {
             m["type"] == "out" && m["uid"] == "mover"
