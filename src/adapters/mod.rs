@@ -3,4 +3,5 @@
 
 pub mod coap;
 pub mod mqtt;
+pub mod to_hub;
 pub mod ws_node;

@@ -21,22 +21,15 @@ use anyhow::Context as _;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use super::to_hub::ToHub;
 use crate::hub::{Hub, SourceCommand};
 use crate::metrics::{Channel, Metrics};
-use crate::proto::broker::NodeMessage;
 use crate::proto::coap::MAX_DATAGRAM;
 use crate::proto::coap::exchange::Transmit;
 use crate::runtime::Supervisor;
 
 pub use nodes::{PROTOCOL, Settings};
 
-/// Node messages between the socket loop and the forwarder to the hub.
-const FORWARD_QUEUE: usize = 1024;
-/// Messages waiting for the forwarder before new work is refused (5.03).
-const BACKLOG_HIGH: usize = 16 * 1024;
-/// Messages waiting at most; past this they are dropped and counted (only writes' and
-/// readings' updates can get here: new nodes are refused well before).
-const BACKLOG_MAX: usize = 64 * 1024;
 /// Datagrams waiting for room in the socket's send buffer; more are dropped (UDP may lose
 /// them anyway, and confirmable ones are retransmitted).
 const OUTBOX: usize = 4096;
@@ -108,24 +101,14 @@ pub fn start(supervisor: &Supervisor, hub: Hub, socket: UdpSocket, settings: Set
         let Some(source) = hub.register("CoAP nodes", commands_tx).await else {
             return Ok(()); // the hub is gone: shutting down
         };
-        let (forward, mut forwarded) = mpsc::channel::<NodeMessage>(FORWARD_QUEUE);
-        // The forwarder is the only one that waits for the hub.
-        supervisor2.spawn(async move {
-            let mut batch = Vec::with_capacity(64);
-            while forwarded.recv_many(&mut batch, 64).await > 0 {
-                for message in batch.drain(..) {
-                    source.send(message).await;
-                }
-            }
-            source.close().await;
-        });
+        let to_hub = ToHub::start(&supervisor2, source, hub.metrics().clone(), Channel::Coap);
         let seed = fastrand::u64(..);
         let shutdown = supervisor2.shutdown_token();
         run(
             socket,
             nodes::Nodes::new(settings, seed),
             commands,
-            forward,
+            to_hub,
             shutdown,
             hub.metrics().clone(),
         )
@@ -197,7 +180,7 @@ async fn run(
     socket: UdpSocket,
     mut nodes: nodes::Nodes,
     mut commands: mpsc::Receiver<SourceCommand>,
-    forward: mpsc::Sender<NodeMessage>,
+    mut to_hub: ToHub,
     shutdown: tokio_util::sync::CancellationToken,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
@@ -210,8 +193,6 @@ async fn run(
         dropped: 0,
         metrics: metrics.clone(),
     };
-    let mut backlog: VecDeque<NodeMessage> = VecDeque::new();
-    let mut backlog_dropped = 0u64;
     let mut busy_reported = 0u64;
     // One byte more than the largest datagram accepted, to tell a longer one apart.
     let mut buffer = vec![0u8; MAX_DATAGRAM + 1];
@@ -220,23 +201,16 @@ async fn run(
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            permit = forward.reserve(), if !backlog.is_empty() => {
-                let Ok(permit) = permit else { break };
-                if let Some(message) = backlog.pop_front() {
-                    permit.send(message);
-                }
-                while !backlog.is_empty() {
-                    let Ok(permit) = forward.try_reserve() else { break };
-                    if let Some(message) = backlog.pop_front() {
-                        permit.send(message);
-                    }
+            alive = to_hub.drain(), if to_hub.has_backlog() => {
+                if !alive {
+                    break;
                 }
             }
             // While the hub is this far behind, leave datagrams to the kernel: reading them
             // only to refuse them cost the time the forwarder needed, and under overload
             // delivery collapsed (5.6k/s delivered of 300k/s offered). The kernel drops what
             // its buffer cannot hold, for free, and counts it.
-            readable = socket.readable(), if backlog.len() < BACKLOG_HIGH => {
+            readable = socket.readable(), if !to_hub.is_behind() => {
                 readable.context("the CoAP socket failed")?;
                 for _ in 0..RECV_BATCH {
                     match socket.try_recv_from(&mut buffer) {
@@ -271,30 +245,11 @@ async fn run(
         }
         outbox.flush(&socket);
         while let Some(message) = nodes.poll_publish() {
-            if backlog.is_empty() {
-                match forward.try_send(message) {
-                    Ok(()) => continue,
-                    Err(mpsc::error::TrySendError::Full(message)) => backlog.push_back(message),
-                    Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
-                }
-            } else if backlog.len() < BACKLOG_MAX {
-                backlog.push_back(message);
-            } else {
-                backlog_dropped += 1;
-                metrics.messages_dropped(Channel::Coap, 1);
-                if backlog_dropped.is_power_of_two() {
-                    tracing::warn!(
-                        dropped = backlog_dropped,
-                        "CoAP node messages dropped: the hub is not keeping up"
-                    );
-                }
+            if !to_hub.push(message) {
+                return Ok(());
             }
         }
-        if backlog.is_empty() && backlog.capacity() > FORWARD_QUEUE {
-            // A burst's backlog is given back once drained, not kept for the next one.
-            backlog.shrink_to(FORWARD_QUEUE);
-        }
-        nodes.set_backpressure(backlog.len() >= BACKLOG_HIGH);
+        nodes.set_backpressure(to_hub.is_behind());
         let busy = nodes.stats().busy;
         if busy > busy_reported {
             metrics.messages_dropped(Channel::Coap, busy - busy_reported);

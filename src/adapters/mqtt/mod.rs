@@ -8,7 +8,6 @@
 
 pub mod nodes;
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,20 +15,14 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
+use super::to_hub::ToHub;
 use crate::hub::{Hub, SourceCommand};
 use crate::metrics::{Channel, Metrics};
-use crate::proto::broker::NodeMessage;
 use crate::proto::mqtt;
 use crate::runtime::Supervisor;
 
 pub use nodes::{Action, Nodes, PROTOCOL};
 
-/// Node messages between the client loop and the forwarder to the hub.
-const FORWARD_QUEUE: usize = 1024;
-/// Messages waiting for the forwarder before new nodes are ignored.
-const BACKLOG_HIGH: usize = 16 * 1024;
-/// Messages waiting at most; past this updates are dropped and counted.
-const BACKLOG_MAX: usize = 64 * 1024;
 /// Events from the MQTT event loop task waiting for the client loop.
 const LINK_QUEUE: usize = 1024;
 /// Writes from clients waiting for the loop.
@@ -126,25 +119,15 @@ pub fn start(supervisor: &Supervisor, hub: Hub, settings: Settings) {
         let Some(source) = hub.register("MQTT nodes", commands_tx).await else {
             return;
         };
-        let (forward, mut forwarded) = mpsc::channel::<NodeMessage>(FORWARD_QUEUE);
-        supervisor2.spawn(async move {
-            let mut batch = Vec::with_capacity(64);
-            while forwarded.recv_many(&mut batch, 64).await > 0 {
-                for message in batch.drain(..) {
-                    source.send(message).await;
-                }
-            }
-            source.close().await;
-        });
         let metrics = hub.metrics().clone();
-        run(settings, commands, forward, shutdown, metrics).await;
+        let to_hub = ToHub::start(&supervisor2, source, metrics.clone(), Channel::Mqtt);
+        run(&supervisor2, settings, commands, to_hub, shutdown, metrics).await;
     });
 }
 
 struct Loop {
     client: AsyncClient,
     nodes: Nodes,
-    backlog: VecDeque<NodeMessage>,
     dropped: u64,
     metrics: Arc<Metrics>,
 }
@@ -196,9 +179,10 @@ impl Loop {
 }
 
 async fn run(
+    supervisor: &Supervisor,
     settings: Settings,
     mut commands: mpsc::Receiver<SourceCommand>,
-    forward: mpsc::Sender<NodeMessage>,
+    mut to_hub: ToHub,
     shutdown: tokio_util::sync::CancellationToken,
     metrics: Arc<Metrics>,
 ) {
@@ -215,34 +199,25 @@ async fn run(
     let mut state = Loop {
         client,
         nodes: Nodes::new(settings.nodes.clone()),
-        backlog: VecDeque::new(),
         dropped: 0,
         metrics: metrics.clone(),
     };
     // The event loop runs in its own task: `poll` is never cancelled half-way through a
     // connect, and it waits only for this loop (which never waits), so TCP pushes back.
     let (links_tx, mut links) = mpsc::channel(LINK_QUEUE);
-    tokio::spawn(drive(eventloop, links_tx, shutdown.clone()));
+    supervisor.spawn(drive(eventloop, links_tx, shutdown.clone()));
     let mut connected = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut check = tokio::time::interval(settings.check_interval);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut backlog_dropped = 0u64;
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            permit = forward.reserve(), if !state.backlog.is_empty() => {
-                let Ok(permit) = permit else { break };
-                if let Some(message) = state.backlog.pop_front() {
-                    permit.send(message);
-                }
-                while !state.backlog.is_empty() {
-                    let Ok(permit) = forward.try_reserve() else { break };
-                    if let Some(message) = state.backlog.pop_front() {
-                        permit.send(message);
-                    }
+            alive = to_hub.drain(), if to_hub.has_backlog() => {
+                if !alive {
+                    break;
                 }
             }
             Some(link) = links.recv() => match link {
@@ -258,7 +233,7 @@ async fn run(
                 }
                 Link::Message { topic, payload } => {
                     metrics.received(Channel::Mqtt, 1);
-                    let accept_new = state.backlog.len() < BACKLOG_HIGH;
+                    let accept_new = !to_hub.is_behind();
                     if let Err(error) = state.nodes.handle(&topic, &payload, Instant::now(), accept_new) {
                         tracing::debug!(topic = %mqtt_shorten(&topic), %error, "MQTT message dropped");
                     }
@@ -289,29 +264,9 @@ async fn run(
         }
         state.act();
         while let Some(message) = state.nodes.poll_publish() {
-            if state.backlog.is_empty() {
-                match forward.try_send(message) {
-                    Ok(()) => continue,
-                    Err(mpsc::error::TrySendError::Full(message)) => {
-                        state.backlog.push_back(message);
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
-                }
-            } else if state.backlog.len() < BACKLOG_MAX {
-                state.backlog.push_back(message);
-            } else {
-                backlog_dropped += 1;
-                metrics.messages_dropped(Channel::Mqtt, 1);
-                if backlog_dropped.is_power_of_two() {
-                    tracing::warn!(
-                        dropped = backlog_dropped,
-                        "MQTT node messages dropped: the hub is not keeping up"
-                    );
-                }
+            if !to_hub.push(message) {
+                return;
             }
-        }
-        if state.backlog.is_empty() && state.backlog.capacity() > FORWARD_QUEUE {
-            state.backlog.shrink_to(FORWARD_QUEUE);
         }
     }
     let _ = state.client.try_disconnect();
