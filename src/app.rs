@@ -37,7 +37,35 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}: OK", file.display());
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Keys(KeysCommand::Generate { key_file, force }) => {
+        Command::Keys(KeysCommand::Generate {
+            key_file,
+            force,
+            gateway: Some(name),
+            gateways_file,
+        }) => {
+            if gateways_file.is_some() {
+                config.keys.gateways_file = gateways_file;
+            }
+            let file = config.gateways_file().context(
+                "--gateway adds to the broker's gateways file: give --gateways-file (or keys.gateways_file)",
+            )?;
+            let keys = broker::gateways::add(&file, &name)?;
+            eprintln!("added gateway {name:?} to {}", file.display());
+            match key_file {
+                Some(path) => {
+                    keys.write(&path, force)?;
+                    eprintln!(
+                        "wrote its key file {} (copy it to the gateway)",
+                        path.display()
+                    );
+                }
+                None => print!("{}", keys.file_text()),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Keys(KeysCommand::Generate {
+            key_file, force, ..
+        }) => {
             let path = key_file.unwrap_or_else(|| config.key_file());
             Keys::generate().write(&path, force)?;
             println!("wrote {}", path.display());
@@ -139,25 +167,77 @@ async fn start_broker(
         config.keys.file = args.key_file;
     }
     apply_look(&mut config, args.look);
+    if args.gateways_file.is_some() {
+        config.keys.gateways_file = args.gateways_file;
+    }
+    apply_server_tls(&mut config, args.tls);
+    if args.tls_client_ca.is_some() {
+        config.tls.client_ca = args.tls_client_ca;
+    }
     config.check().map_err(anyhow::Error::msg)?;
-    let keys = load_keys(&config)?;
+    let gateways_file = config.gateways_file();
+    // With a gateways file the shared key is optional: leaving it out means every gateway can
+    // be revoked on its own. A key file named explicitly must load.
+    let keys =
+        if gateways_file.is_some() && config.keys.file.is_none() && !config.key_file().exists() {
+            tracing::info!("no shared key file: only the gateways file admits gateways");
+            None
+        } else {
+            Some(load_keys(&config)?)
+        };
+    let tls = server_tls(&config)?;
     let listener = web::bind(config.broker.bind, config.broker.port).await?;
     broker::start(
         supervisor,
         listener,
         BrokerSettings {
             keys,
+            gateways_file,
+            tls,
             limits: config.ws_limits(),
             hub: config.hub(),
             dashboard: config.dashboard_config(),
         },
-    );
+    )?;
     Ok(())
 }
 
+fn apply_server_tls(config: &mut Config, args: crate::cli::ServerTlsArgs) {
+    if args.tls_cert.is_some() {
+        config.tls.cert = args.tls_cert;
+    }
+    if args.tls_key.is_some() {
+        config.tls.key = args.tls_key;
+    }
+}
+
+/// The listener's TLS, if `tls.cert` and `tls.key` are configured.
+fn server_tls(config: &Config) -> anyhow::Result<Option<std::sync::Arc<crate::tls::ServerTls>>> {
+    let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
+        return Ok(None);
+    };
+    let tls = crate::tls::ServerTls::load(crate::tls::ServerFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: config.tls.client_ca.clone(),
+    })?;
+    Ok(Some(tls))
+}
+
 fn uplink_settings(config: &Config, url: &str, keys: Keys) -> anyhow::Result<UplinkSettings> {
+    let target = Target::parse(url)?;
+    let tls = crate::tls::ClientFiles {
+        ca: config.tls.broker_ca.clone(),
+        cert: config.tls.client_cert.clone(),
+        key: config.tls.client_key.clone(),
+    };
+    if target.tls {
+        // Read once now so that a wrong path stops the start, not every attempt later.
+        crate::tls::client_config(&tls)?;
+    }
     Ok(UplinkSettings {
-        target: Target::parse(url)?,
+        target,
+        tls,
         keys,
         keepalive: Duration::from_secs(config.uplink.keepalive_secs),
         ping_interval: Duration::from_secs(config.uplink.ping_interval_secs),
@@ -204,7 +284,19 @@ async fn start_gateway(
         config.keys.file = args.key_file;
     }
     apply_look(&mut config, args.look);
+    config.uplink.tls |= args.broker_tls;
+    if args.broker_ca.is_some() {
+        config.tls.broker_ca = args.broker_ca;
+    }
+    if args.tls_client_cert.is_some() {
+        config.tls.client_cert = args.tls_client_cert;
+    }
+    if args.tls_client_key.is_some() {
+        config.tls.client_key = args.tls_client_key;
+    }
+    apply_server_tls(&mut config, args.tls);
     config.check().map_err(anyhow::Error::msg)?;
+    let web_tls = server_tls(&config)?;
     let uplink = match config.broker_url() {
         Some(url) => Some(uplink_settings(&config, &url, load_keys(&config)?)?),
         None => None,
@@ -233,8 +325,9 @@ async fn start_gateway(
             dashboard: config.dashboard_config(),
             coap,
             mqtt,
+            web_tls,
         },
-    );
+    )?;
     if let Some(connected) = mqtt_connected {
         // The embedded broker listens once the adapter got in: only then is the gateway up.
         tokio::time::timeout(Duration::from_secs(10), connected.notified())
@@ -478,12 +571,14 @@ async fn start_demo(
         supervisor,
         broker_listener,
         BrokerSettings {
-            keys: keys.clone(),
+            keys: Some(keys.clone()),
+            gateways_file: None,
+            tls: None,
             limits: config.ws_limits(),
             hub: config.hub(),
             dashboard: config.dashboard_config(),
         },
-    );
+    )?;
     let coap = coap_settings(&config)?;
     // The demo's embedded MQTT broker, on loopback like everything else.
     config.mqtt.host = None;
@@ -542,8 +637,9 @@ async fn start_demo(
             dashboard: config.dashboard_config(),
             coap,
             mqtt,
+            web_tls: None,
         },
-    );
+    )?;
     if let Some((nodes, sockets)) = coap_nodes {
         sim::coap::start(supervisor, nodes, sockets);
     }

@@ -100,6 +100,26 @@ pub struct BrokerArgs {
     pub key_file: Option<PathBuf>,
     #[command(flatten)]
     pub look: LookArgs,
+    /// Per-gateway keys ([[gateway]] entries from `aiot keys generate --gateway NAME`);
+    /// reread when it changes and on SIGHUP.
+    #[arg(long, value_name = "PATH")]
+    pub gateways_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+    /// Require a client certificate signed by this CA (PEM) from every client: mutual TLS.
+    #[arg(long, value_name = "PEM")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+/// TLS of a role's listener: https:// and wss:// instead of plain HTTP.
+#[derive(Debug, Args, Default)]
+pub struct ServerTlsArgs {
+    /// Serve TLS with this PEM certificate chain (reread on SIGHUP).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +178,21 @@ pub struct GatewayArgs {
     pub mqtt_password: Option<String>,
     #[command(flatten)]
     pub look: LookArgs,
+    /// Connect to --broker-host over wss:// (a wss:// --broker-url says it itself).
+    #[arg(long)]
+    pub broker_tls: bool,
+    /// Trust only this CA (PEM) for a wss:// broker; default: the compiled-in public roots.
+    #[arg(long, value_name = "PEM")]
+    pub broker_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for a broker that requires one.
+    #[arg(long, value_name = "PEM", requires = "tls_client_key")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-client-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_client_cert")]
+    pub tls_client_key: Option<PathBuf>,
+    /// TLS for the local dashboard and web clients (--web-port).
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -274,6 +309,13 @@ pub enum KeysCommand {
         /// Replace an existing file.
         #[arg(long)]
         force: bool,
+        /// Give gateway NAME its own key: add it to the broker's gateways file, and write the
+        /// gateway's key file (--key-file) or print it.
+        #[arg(long, value_name = "NAME")]
+        gateway: Option<String>,
+        /// The broker's gateways file (created if missing); default: keys.gateways_file.
+        #[arg(long, value_name = "PATH")]
+        gateways_file: Option<PathBuf>,
     },
 }
 

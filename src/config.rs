@@ -40,6 +40,23 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub coap: CoapConfig,
     pub mqtt: MqttConfig,
+    pub tls: TlsConfig,
+}
+
+/// TLS of the broker's (and a gateway's web) listener, and of the gateway's uplink. PEM files.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Serve https:// and wss:// with this certificate chain and key (both or neither).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+    /// The uplink trusts only this CA for a wss:// broker (default: compiled-in public roots).
+    pub broker_ca: Option<PathBuf>,
+    /// The uplink's client certificate and key, for a broker that requires one.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
 }
 
 /// The gateway's MQTT nodes (protocol.md §3) and its embedded MQTT broker.
@@ -164,6 +181,8 @@ impl Default for RuntimeConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct KeysConfig {
     pub file: Option<PathBuf>,
+    /// The broker's per-gateway keys (`[[gateway]]` entries), beside or instead of `file`.
+    pub gateways_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -188,6 +207,8 @@ pub struct UplinkConfig {
     pub broker_host: Option<String>,
     pub broker_port: u16,
     pub broker_url: Option<String>,
+    /// wss:// for a broker given by host and port.
+    pub tls: bool,
     pub keepalive_secs: u64,
     pub ping_interval_secs: u64,
     pub connect_timeout_secs: u64,
@@ -234,6 +255,7 @@ impl Default for UplinkConfig {
             broker_host: None,
             broker_port: 8000,
             broker_url: None,
+            tls: false,
             keepalive_secs: 30,
             ping_interval_secs: 15,
             connect_timeout_secs: 10,
@@ -332,6 +354,18 @@ impl Config {
         if let Some(url) = &self.uplink.broker_url {
             crate::uplink::Target::parse(url).map_err(|e| format!("uplink.broker_url: {e}"))?;
         }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err("tls.cert and tls.key go together (--tls-cert, --tls-key)".into());
+        }
+        if self.tls.client_cert.is_some() != self.tls.client_key.is_some() {
+            return Err(
+                "tls.client_cert and tls.client_key go together (--tls-client-cert, --tls-client-key)"
+                    .into(),
+            );
+        }
+        if self.tls.client_ca.is_some() && self.tls.cert.is_none() {
+            return Err("tls.client_ca needs tls.cert and tls.key (--tls-cert, --tls-key)".into());
+        }
         Ok(())
     }
 
@@ -341,6 +375,11 @@ impl Config {
             Some(path) => expand_home(path),
             None => crate::keys::default_key_file(),
         }
+    }
+
+    /// The broker's gateways file, if configured (a leading ~/ is the user's home).
+    pub fn gateways_file(&self) -> Option<PathBuf> {
+        self.keys.gateways_file.as_deref().map(expand_home)
     }
 
     /// The broker URL the uplink uses, if a broker is configured.
@@ -354,7 +393,8 @@ impl Config {
         } else {
             host.clone()
         };
-        Some(format!("ws://{host}:{}/gw", self.uplink.broker_port))
+        let scheme = if self.uplink.tls { "wss" } else { "ws" };
+        Some(format!("{scheme}://{host}:{}/gw", self.uplink.broker_port))
     }
 
     /// What the page shows; `ws_url` is only set by the standalone dashboard.

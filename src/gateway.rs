@@ -24,6 +24,8 @@ pub struct GatewaySettings {
     pub coap: Option<coap::Settings>,
     /// MQTT nodes; `None` when `mqtt.enabled` is false.
     pub mqtt: Option<GatewayMqtt>,
+    /// TLS for the local dashboard and web clients (reloaded on SIGHUP); `None`: plain HTTP.
+    pub web_tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
 }
 
 /// The MQTT adapter, and the embedded broker it talks to (`None`: an external broker).
@@ -48,11 +50,12 @@ pub struct Gateway {
     pub uplink: Option<watch::Receiver<UplinkState>>,
 }
 
+/// Starts the gateway; fails only if SIGHUP cannot be handled for a TLS reload.
 pub fn start(
     supervisor: &Supervisor,
     listeners: GatewayListeners,
     settings: GatewaySettings,
-) -> Gateway {
+) -> anyhow::Result<Gateway> {
     let (hub, actor) = Hub::new(settings.hub, supervisor.shutdown_token());
     supervisor.spawn(actor);
     supervisor.add_probe(Probe::hub(hub.clone()));
@@ -107,6 +110,15 @@ pub fn start(
     if let Ok(addr) = listeners.web.local_addr() {
         tracing::info!(role = "gateway", %addr, "listening for web clients on /ws (dashboard on /)");
     }
-    web::serve(supervisor, "gateway web", listeners.web, router);
-    Gateway { hub, uplink }
+    match settings.web_tls {
+        Some(tls) => {
+            crate::tls::reload_on_sighup(
+                supervisor,
+                vec![crate::tls::reload_step(tls.clone(), "gateway web")],
+            )?;
+            web::serve_tls(supervisor, "gateway web", listeners.web, tls, router);
+        }
+        None => web::serve(supervisor, "gateway web", listeners.web, router),
+    }
+    Ok(Gateway { hub, uplink })
 }

@@ -39,7 +39,7 @@ pub enum KeyError {
 
 /// The two keys of a pyaiot key file. `Debug` is written by hand so that no log line can ever
 /// carry them.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Keys {
     secret: String,
     private: String,
@@ -138,13 +138,27 @@ impl Keys {
         // A replaced file keeps its old mode; make sure it ends up private either way.
         file.set_permissions(fs::Permissions::from_mode(0o600))
             .map_err(write_error)?;
-        write!(
-            file,
+        file.write_all(self.file_text().as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(write_error)
+    }
+
+    /// The key file's text, as pyaiot writes it.
+    pub fn file_text(&self) -> String {
+        format!(
             "[keys]\nsecret = {}\nprivate = {}\n\n",
             self.secret, self.private
         )
-        .and_then(|()| file.sync_all())
-        .map_err(write_error)
+    }
+
+    /// The secret, for writing it into a gateways file.
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// The Fernet key, for writing it into a gateways file.
+    pub fn private(&self) -> &str {
+        &self.private
     }
 
     fn fernet(&self) -> fernet::Fernet {

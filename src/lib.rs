@@ -13,6 +13,7 @@
 //! - [`runtime`]: the supervisor: named tasks, one shutdown token, drain deadline, signals.
 //! - [`sim`]: simulated nodes for demos, tests and load.
 //! - [`keys`]: pyaiot key files and Fernet tokens.
+//! - [`tls`]: rustls for our listeners and the uplink; PEM files, reload on SIGHUP.
 //! - [`metrics`]: a role's counters, rendered for Prometheus.
 //! - [`bench`]: `aiot bench`, the load test of gateway and broker as child processes.
 //! - [`config`], [`cli`], [`app`]: configuration, flags, and wiring them to the roles.
@@ -31,5 +32,6 @@ pub mod metrics;
 pub mod proto;
 pub mod runtime;
 pub mod sim;
+pub mod tls;
 pub mod uplink;
 pub mod web;

@@ -3,8 +3,6 @@
 use axum::http::HeaderMap;
 use axum::http::header::SEC_WEBSOCKET_PROTOCOL;
 
-use crate::keys::Keys;
-
 /// The first subprotocol entry a gateway sends; the second is the token.
 pub const TOKEN_PROTOCOL: &str = "token";
 
@@ -17,9 +15,10 @@ pub enum AuthError {
     Token,
 }
 
-/// Accepts only exactly two subprotocol entries, `token` then a token that decrypts to the
-/// secret. Entries are split on commas across every header line, as browsers and tornado do.
-pub fn check(headers: &HeaderMap, keys: &Keys) -> Result<(), AuthError> {
+/// Accepts only exactly two subprotocol entries, `token` then a token that `verify` admits (it
+/// says who made it). Entries are split on commas across every header line, as browsers and
+/// tornado do.
+pub fn check<T>(headers: &HeaderMap, verify: impl Fn(&str) -> Option<T>) -> Result<T, AuthError> {
     let mut entries = Vec::with_capacity(2);
     for value in headers.get_all(SEC_WEBSOCKET_PROTOCOL) {
         let text = value.to_str().map_err(|_| AuthError::Subprotocols)?;
@@ -29,13 +28,7 @@ pub fn check(headers: &HeaderMap, keys: &Keys) -> Result<(), AuthError> {
         }
     }
     match entries.as_slice() {
-        [TOKEN_PROTOCOL, token] => {
-            if keys.verify(token) {
-                Ok(())
-            } else {
-                Err(AuthError::Token)
-            }
-        }
+        [TOKEN_PROTOCOL, token] => verify(token).ok_or(AuthError::Token),
         _ => Err(AuthError::Subprotocols),
     }
 }
@@ -43,7 +36,12 @@ pub fn check(headers: &HeaderMap, keys: &Keys) -> Result<(), AuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::Keys;
     use axum::http::HeaderValue;
+
+    fn with(keys: &Keys) -> impl Fn(&str) -> Option<()> + '_ {
+        |token| keys.verify(token).then_some(())
+    }
 
     fn headers(lines: &[&str]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -61,10 +59,10 @@ mod tests {
         let keys = Keys::generate();
         let token = keys.token();
         assert_eq!(
-            check(&headers(&[&format!("token, {token}")]), &keys),
+            check(&headers(&[&format!("token, {token}")]), with(&keys)),
             Ok(())
         );
-        assert_eq!(check(&headers(&["token", &token]), &keys), Ok(()));
+        assert_eq!(check(&headers(&["token", &token]), with(&keys)), Ok(()));
     }
 
     #[test]
@@ -82,7 +80,11 @@ mod tests {
             (vec!["token", "garbage"], AuthError::Token),
             (vec!["token", ""], AuthError::Token),
         ] {
-            assert_eq!(check(&headers(&lines), &keys), Err(expected), "{lines:?}");
+            assert_eq!(
+                check(&headers(&lines), with(&keys)),
+                Err(expected),
+                "{lines:?}"
+            );
         }
     }
 }

@@ -1,34 +1,70 @@
 //! One gateway connected on `/gw`: its messages go into the hub as a source; the hub's
 //! requests for it (clients' hellos and writes) go out to it. When it goes, its nodes go `out`.
+//! A gateway whose entry leaves the gateways file is disconnected at once.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use axum::extract::ws::{Message, WebSocket};
-use tokio::sync::mpsc;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::gateways::{GatewayList, Identity};
+use super::origins::Origins;
 use crate::hub::{Hub, SourceCommand};
 use crate::metrics::Channel;
-use crate::proto::broker::{BrokerRequest, NodeMessage};
+use crate::proto::broker::{BrokerRequest, Dst, NodeMessage};
 use crate::web::socket::{self, Ending, WsLimits};
+
+/// RFC 6455 §7.4.1: the peer is no longer allowed.
+const POLICY_VIOLATION: u16 = 1008;
+
+pub struct Gateway {
+    pub identity: Identity,
+    pub peer: SocketAddr,
+    pub revocations: watch::Receiver<Arc<GatewayList>>,
+    pub origins: Origins,
+}
 
 pub async fn run(
     mut socket: WebSocket,
     hub: Hub,
     limits: WsLimits,
     shutdown: CancellationToken,
-    peer: SocketAddr,
+    gateway: Gateway,
 ) {
+    let Gateway {
+        identity,
+        peer,
+        mut revocations,
+        origins,
+    } = gateway;
     let (commands, mut requests) = mpsc::channel(limits.peer_queue);
-    let Some(source) = hub.register(format!("gateway {peer}"), commands).await else {
+    let Some(source) = hub
+        .register(format!("gateway {identity} at {peer}"), commands)
+        .await
+    else {
         return;
     };
-    tracing::info!(%peer, "gateway connected");
+    tracing::info!(%peer, gateway = %identity, "gateway connected");
+    let connection = origins.open(&identity, peer);
     let metrics = hub.metrics().clone();
     let _open = metrics.connection(Channel::Gateway);
     let ending = loop {
         tokio::select! {
             () = shutdown.cancelled() => break Ending::Shutdown,
+            Ok(()) = revocations.changed() => {
+                if identity.still_allowed(&revocations.borrow_and_update()) {
+                    continue;
+                }
+                tracing::warn!(%peer, gateway = %identity, "gateway key revoked: disconnecting it");
+                let goodbye = Message::Close(Some(CloseFrame {
+                    code: POLICY_VIOLATION,
+                    reason: "gateway key revoked".into(),
+                }));
+                let _ = socket::send_batch(&mut socket, [goodbye], limits.send_timeout).await;
+                break Ending::PeerGone;
+            }
             incoming = socket.recv() => {
                 let text = match incoming {
                     Some(Ok(Message::Text(text))) => {
@@ -44,7 +80,16 @@ pub async fn run(
                 };
                 match NodeMessage::parse(&text) {
                     Ok(NodeMessage::Alive) => tracing::trace!(%peer, "gateway keep-alive"),
-                    Ok(message) => source.send(message).await,
+                    Ok(message) => {
+                        match &message {
+                            NodeMessage::New { uid, dst: Dst::All } if origins.node(connection, uid) => {
+                                tracing::info!(%uid, gateway = %identity, %peer, "node from gateway");
+                            }
+                            NodeMessage::Out { uid } => origins.node_out(connection, uid),
+                            _ => {}
+                        }
+                        source.send(message).await
+                    }
                     Err(why) => break Ending::Invalid(format!("{why}.")),
                 }
             }
@@ -61,7 +106,13 @@ pub async fn run(
             }
         }
     };
-    ending.record("gateway", &peer, &metrics, Channel::Gateway);
+    origins.close(connection);
+    ending.record(
+        "gateway",
+        &format_args!("{identity} at {peer}"),
+        &metrics,
+        Channel::Gateway,
+    );
     source.close().await;
     socket::finish(&mut socket, &ending, &limits).await;
 }

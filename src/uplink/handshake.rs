@@ -4,11 +4,14 @@
 //! none (RFC 6455 lets a client do that, it does not make it). pyaiot's broker (tornado) never
 //! selects one, so a tungstenite handshake could not reach it. We write the upgrade request,
 //! check the answer ourselves, and hand the socket to tokio-tungstenite for framing.
+//! `wss://` runs the same handshake inside TLS (see [`crate::tls`]).
 
 use std::time::Duration;
 
 use axum::http::Uri;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
@@ -19,14 +22,22 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
 
+/// The uplink's byte stream: plain TCP or TLS over it.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+pub type Stream = Box<dyn Io>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
-    #[error("invalid broker URL '{0}': expected ws://host[:port]/path")]
+    #[error("invalid broker URL '{0}': expected ws://host[:port]/path or wss://host[:port]/path")]
     Url(String),
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
     #[error("connection failed during the handshake: {0}")]
     Io(std::io::Error),
+    /// A TLS failure, in words (see [`crate::tls::explain_client`]).
+    #[error("{0}")]
+    Tls(String),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     #[error("the broker refused our key (HTTP 401): check that --key-file holds the broker's keys")]
@@ -46,15 +57,19 @@ pub struct Target {
     host: String,
     port: u16,
     path: String,
+    /// `wss://`.
+    pub tls: bool,
 }
 
 impl Target {
     pub fn parse(url: &str) -> Result<Self, HandshakeError> {
         let invalid = || HandshakeError::Url(url.to_owned());
         let uri: Uri = url.parse().map_err(|_| invalid())?;
-        if uri.scheme_str() != Some("ws") {
-            return Err(invalid());
-        }
+        let tls = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => return Err(invalid()),
+        };
         let authority = uri.authority().ok_or_else(invalid)?;
         let host_header = authority.as_str().to_owned();
         let host = authority
@@ -69,40 +84,66 @@ impl Target {
         Ok(Target {
             host_header,
             host,
-            port: authority.port_u16().unwrap_or(80),
+            port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
             path,
+            tls,
         })
     }
 }
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ws://{}{}", self.host_header, self.path)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        write!(f, "{scheme}://{}{}", self.host_header, self.path)
     }
 }
 
 /// Connects and upgrades, offering `subprotocols` (pyaiot: `token, <T>`), all within `timeout`.
+/// `tls` is used for a `wss://` target.
 pub async fn connect(
     target: &Target,
+    tls: Option<Arc<rustls::ClientConfig>>,
     subprotocols: &str,
     config: WebSocketConfig,
     timeout: Duration,
-) -> Result<WebSocketStream<TcpStream>, HandshakeError> {
-    tokio::time::timeout(timeout, connect_inner(target, subprotocols, config))
+) -> Result<WebSocketStream<Stream>, HandshakeError> {
+    tokio::time::timeout(timeout, connect_inner(target, tls, subprotocols, config))
         .await
         .map_err(|_| HandshakeError::Timeout(timeout))?
 }
 
+/// An I/O error during the handshake; a TLS one said in words.
+fn io_error(error: std::io::Error) -> HandshakeError {
+    match crate::tls::explain_client(&error) {
+        Some(words) => HandshakeError::Tls(words),
+        None => HandshakeError::Io(error),
+    }
+}
+
 async fn connect_inner(
     target: &Target,
+    tls: Option<Arc<rustls::ClientConfig>>,
     subprotocols: &str,
     config: WebSocketConfig,
-) -> Result<WebSocketStream<TcpStream>, HandshakeError> {
-    let mut stream = TcpStream::connect((target.host.as_str(), target.port))
+) -> Result<WebSocketStream<Stream>, HandshakeError> {
+    let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(HandshakeError::Connect)?;
     // Updates are small and latency matters more than packet count.
-    stream.set_nodelay(true).map_err(HandshakeError::Io)?;
+    tcp.set_nodelay(true).map_err(HandshakeError::Io)?;
+    let mut stream: Stream = match (target.tls, tls) {
+        (false, _) => Box::new(tcp),
+        (true, Some(tls)) => Box::new(
+            crate::tls::connect(tls, &target.host, tcp)
+                .await
+                .map_err(io_error)?,
+        ),
+        (true, None) => {
+            return Err(HandshakeError::Tls(
+                "TLS: a wss:// broker but no TLS configuration".into(),
+            ));
+        }
+    };
     let key = generate_key();
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -114,12 +155,13 @@ async fn connect_inner(
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(HandshakeError::Io)?;
+        .map_err(io_error)?;
 
     let mut buffer = Vec::with_capacity(1024);
     let (head_len, status, accept) = loop {
         let mut chunk = [0u8; 1024];
-        let read = stream.read(&mut chunk).await.map_err(HandshakeError::Io)?;
+        // With TLS 1.3 a broker that wants a client certificate says so only now.
+        let read = stream.read(&mut chunk).await.map_err(io_error)?;
         if read == 0 {
             return Err(HandshakeError::Invalid(
                 "connection closed before the answer ended",
@@ -174,6 +216,11 @@ mod tests {
         assert_eq!(v6.host_header, "[::1]:9000");
         assert_eq!(Target::parse("ws://host").expect("valid").port, 80);
         assert_eq!(Target::parse("ws://host").expect("valid").path, "/");
+        let secure = Target::parse("wss://host/gw").expect("valid");
+        assert!(secure.tls);
+        assert_eq!(secure.port, 443);
+        assert_eq!(secure.to_string(), "wss://host/gw");
+        assert!(!Target::parse("ws://host").expect("valid").tls);
         for bad in [
             "http://host/gw",
             "host:8000",

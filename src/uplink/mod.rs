@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::net::TcpStream;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -29,7 +28,7 @@ use crate::proto::broker::{BrokerRequest, Dst, NodeMessage};
 use crate::runtime::Supervisor;
 use crate::web::socket::{self, Ending, WsLimits};
 
-pub use handshake::{HandshakeError, Target};
+pub use handshake::{HandshakeError, Stream, Target};
 
 /// Events sent to the broker per flush.
 const EVENT_BATCH: usize = 256;
@@ -47,6 +46,8 @@ pub struct UplinkSettings {
     pub connect_timeout: Duration,
     pub backoff_max: Duration,
     pub limits: WsLimits,
+    /// CA and client certificate for a `wss://` broker (read at every attempt).
+    pub tls: crate::tls::ClientFiles,
 }
 
 /// What the uplink is doing, for status lines and the dashboard.
@@ -101,9 +102,21 @@ async fn run(
             crate::broker::TOKEN_PROTOCOL,
             settings.keys.token()
         );
+        // Read at every attempt: a renewed certificate or CA is picked up by the next one.
+        let tls = if target.tls {
+            match crate::tls::client_config(&settings.tls) {
+                Ok(tls) => Some(tls),
+                Err(error) => {
+                    tracing::error!(broker = %target, "TLS configuration: {error:#}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let connected = tokio::select! {
             () = shutdown.cancelled() => return,
-            result = handshake::connect(target, &subprotocols, config, settings.connect_timeout) => result,
+            result = handshake::connect(target, tls, &subprotocols, config, settings.connect_timeout) => result,
         };
         let why = match connected {
             Ok(ws) => {
@@ -139,7 +152,7 @@ async fn run(
 
 /// One connection's life. `None` means we are shutting down; otherwise why the link ended.
 async fn session(
-    mut ws: WebSocketStream<TcpStream>,
+    mut ws: WebSocketStream<Stream>,
     hub: &Hub,
     settings: &UplinkSettings,
     shutdown: &CancellationToken,
@@ -245,7 +258,7 @@ fn describe(ending: &Ending) -> String {
 }
 
 async fn send_snapshot(
-    ws: &mut WebSocketStream<TcpStream>,
+    ws: &mut WebSocketStream<Stream>,
     snapshot: &Snapshot,
     dst: &Dst,
     timeout: Duration,
@@ -258,7 +271,7 @@ async fn send_snapshot(
 
 /// Sends `first` and whatever else is waiting, as one batch.
 async fn send_events(
-    ws: &mut WebSocketStream<TcpStream>,
+    ws: &mut WebSocketStream<Stream>,
     first: Arc<Event>,
     events: &mut tokio::sync::broadcast::Receiver<Arc<Event>>,
     timeout: Duration,

@@ -104,3 +104,29 @@ pub fn serve(supervisor: &Supervisor, name: &'static str, listener: TcpListener,
             .with_context(|| format!("{name} stopped serving"))
     });
 }
+
+/// Like [`serve`], over TLS: `https://` and `wss://`. The certificate in use is the one
+/// `tls` holds when a connection arrives, so a reload needs no restart.
+pub fn serve_tls(
+    supervisor: &Supervisor,
+    name: &'static str,
+    listener: TcpListener,
+    tls: std::sync::Arc<crate::tls::ServerTls>,
+    router: Router,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        supervisor.add_probe(crate::tls::probe(name, addr));
+    }
+    let shutdown = supervisor.shutdown_token();
+    supervisor.spawn_essential(name, async move {
+        let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        let listener = crate::tls::TlsListener::new(listener, tls, name, shutdown.clone())
+            .with_context(|| format!("{name}: no local address"))?
+            // axum gives the peer address to handlers only through a listener it knows.
+            .tap_io(|_| {});
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .with_context(|| format!("{name} stopped serving"))
+    });
+}
