@@ -110,7 +110,7 @@ pub fn start(
         "plain"
     };
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(role = "broker", %addr, scheme, "listening (gateways on /gw, web clients on /ws, dashboard on /)");
+        tracing::info!(role = "broker", %addr, %scheme, "listening (gateways on /gw, web clients on /ws, dashboard on /)");
     }
     match settings.tls {
         Some(tls) => web::serve_tls(supervisor, "broker", listener, tls, router),
