@@ -480,6 +480,12 @@ mod tests {
             ("[broker]\nbind = \"nowhere\"\n", "bind"),
             ("[uplink]\nbroker_url = \"http://x/gw\"\n", "broker_url"),
             ("[limits]\nmax_frame_bytes = 10\n", "max_frame_bytes"),
+            ("[tls]\ncert = \"c.pem\"\n", "tls.cert and tls.key"),
+            ("[tls]\nclient_key = \"k.pem\"\n", "tls.client_cert"),
+            (
+                "[tls]\nclient_ca = \"ca.pem\"\n",
+                "tls.client_ca needs tls.cert",
+            ),
         ] {
             std::fs::write(&path, text).expect("write");
             let error = Config::load(&path).expect_err(text).to_string();
@@ -498,6 +504,11 @@ mod tests {
         assert_eq!(
             config.broker_url().as_deref(),
             Some("ws://example.org:9000/gw")
+        );
+        config.uplink.tls = true;
+        assert_eq!(
+            config.broker_url().as_deref(),
+            Some("wss://example.org:9000/gw")
         );
         config.uplink.broker_url = Some("ws://other/gw".into());
         assert_eq!(config.broker_url().as_deref(), Some("ws://other/gw"));

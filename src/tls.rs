@@ -346,6 +346,12 @@ pub fn explain_client(error: &io::Error) -> Option<String> {
         Error::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
         ) => "TLS: the broker's certificate is not for the host name we connected to".into(),
+        // webpki's words for a self-signed `openssl req -x509` certificate (CA:TRUE).
+        Error::InvalidCertificate(CertificateError::Other(other))
+            if format!("{other:?}").contains("CaUsedAsEndEntity") =>
+        {
+            "TLS: the broker's certificate is a CA certificate, which cannot serve as a server's: sign a server certificate with that CA and give the CA to --broker-ca".into()
+        }
         Error::AlertReceived(
             AlertDescription::CertificateRequired | AlertDescription::HandshakeFailure,
         ) => format!(
