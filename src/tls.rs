@@ -127,6 +127,15 @@ fn certificates(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 }
 
 fn private_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                "the private key {} can be read by other users (chmod 600 it)",
+                path.display()
+            );
+        }
+    }
     PrivateKeyDer::from_pem_file(path)
         .with_context(|| format!("cannot read a PEM private key from {}", path.display()))
 }
