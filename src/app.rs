@@ -11,7 +11,7 @@ use crate::adapters::coap;
 use crate::broker::{self, BrokerSettings};
 use crate::cli::{
     BrokerArgs, Cli, CoapNodeArgs, Command, ConfigCommand, DashboardArgs, DemoArgs, GatewayArgs,
-    KeysCommand, LookArgs, MqttNodeArgs, NodeCommand, WsNodeArgs,
+    KeysCommand, LookArgs, MqttNodeArgs, NodeCommand, PasswordCommand, WebAuthArgs, WsNodeArgs,
 };
 use crate::config::{Config, DEFAULT_TOML};
 use crate::gateway::{self, GatewayListeners, GatewaySettings};
@@ -43,6 +43,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("wrote {}", path.display());
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Password(PasswordCommand::Hash { file, force }) => {
+            web::password::hash_command(file.as_deref(), force)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         // The bench runs the roles as child processes and its own runtime for the load.
         Command::Bench(args) => return crate::bench::run(args, cli.config.as_deref()),
         _ => {}
@@ -71,7 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Node(NodeCommand::Mqtt(args)) => start_mqtt_nodes(&supervisor, args)?,
             Command::Dashboard(args) => start_dashboard(&supervisor, config, args).await?,
             Command::Demo(args) => start_demo(&supervisor, config, args).await?,
-            Command::Config(_) | Command::Keys(_) | Command::Bench(_) => {
+            Command::Config(_) | Command::Keys(_) | Command::Password(_) | Command::Bench(_) => {
                 unreachable!("handled above")
             }
         }
@@ -118,6 +122,15 @@ fn apply_look(config: &mut Config, look: LookArgs) {
     }
 }
 
+/// Applies the web security flags; returns the plain password, if one was given.
+fn apply_web(config: &mut Config, web: WebAuthArgs) -> Option<String> {
+    if web.web_password_file.is_some() {
+        config.web.password_file = web.web_password_file;
+    }
+    config.web.allowed_origins.extend(web.allowed_origins);
+    web.web_password
+}
+
 fn load_keys(config: &Config) -> anyhow::Result<Keys> {
     let path = config.key_file();
     Keys::load(&path).with_context(|| {
@@ -139,7 +152,9 @@ async fn start_broker(
         config.keys.file = args.key_file;
     }
     apply_look(&mut config, args.look);
+    let password = apply_web(&mut config, args.web);
     config.check().map_err(anyhow::Error::msg)?;
+    let web_security = config.web.security(password.as_deref())?;
     let keys = load_keys(&config)?;
     let listener = web::bind(config.broker.bind, config.broker.port).await?;
     broker::start(
@@ -150,6 +165,7 @@ async fn start_broker(
             limits: config.ws_limits(),
             hub: config.hub(),
             dashboard: config.dashboard_config(),
+            web: web_security,
         },
     );
     Ok(())
@@ -204,7 +220,9 @@ async fn start_gateway(
         config.keys.file = args.key_file;
     }
     apply_look(&mut config, args.look);
+    let password = apply_web(&mut config, args.web);
     config.check().map_err(anyhow::Error::msg)?;
+    let web_security = config.web.security(password.as_deref())?;
     let uplink = match config.broker_url() {
         Some(url) => Some(uplink_settings(&config, &url, load_keys(&config)?)?),
         None => None,
@@ -233,6 +251,7 @@ async fn start_gateway(
             dashboard: config.dashboard_config(),
             coap,
             mqtt,
+            web: web_security,
         },
     );
     if let Some(connected) = mqtt_connected {
@@ -469,6 +488,10 @@ async fn start_demo(
     args: DemoArgs,
 ) -> anyhow::Result<()> {
     apply_look(&mut config, args.look);
+    let password = apply_web(&mut config, args.web);
+    config.check().map_err(anyhow::Error::msg)?;
+    // One password for the demo's broker and gateway, hashed once.
+    let web_security = config.web.security(password.as_deref())?;
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     // The demo's broker and gateway share keys that live only in this process.
     let keys = Keys::generate();
@@ -482,6 +505,7 @@ async fn start_demo(
             limits: config.ws_limits(),
             hub: config.hub(),
             dashboard: config.dashboard_config(),
+            web: web_security.clone(),
         },
     );
     let coap = coap_settings(&config)?;
@@ -542,6 +566,7 @@ async fn start_demo(
             dashboard: config.dashboard_config(),
             coap,
             mqtt,
+            web: web_security,
         },
     );
     if let Some((nodes, sockets)) = coap_nodes {

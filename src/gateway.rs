@@ -24,6 +24,8 @@ pub struct GatewaySettings {
     pub coap: Option<coap::Settings>,
     /// MQTT nodes; `None` when `mqtt.enabled` is false.
     pub mqtt: Option<GatewayMqtt>,
+    /// Who may write through `/ws`, and from which origins `/ws` and `/node` are opened.
+    pub web: web::security::WebSecurity,
 }
 
 /// The MQTT adapter, and the embedded broker it talks to (`None`: an external broker).
@@ -57,7 +59,12 @@ pub fn start(
     supervisor.spawn(actor);
     supervisor.add_probe(Probe::hub(hub.clone()));
 
-    let nodes = ws_node::routes(supervisor, hub.clone(), settings.limits.clone());
+    web::security::announce("gateway", &settings.web);
+    let guard = web::security::Guard::new(settings.web);
+    let nodes = web::origin::guarded(
+        ws_node::routes(supervisor, hub.clone(), settings.limits.clone()),
+        guard.clone(),
+    );
     if let Ok(addr) = listeners.node.local_addr() {
         tracing::info!(role = "gateway", %addr, "listening for websocket nodes on /node");
     }
@@ -103,6 +110,7 @@ pub fn start(
         Role::Gateway,
         settings.dashboard,
         uplink.clone(),
+        guard,
     );
     if let Ok(addr) = listeners.web.local_addr() {
         tracing::info!(role = "gateway", %addr, "listening for web clients on /ws (dashboard on /)");

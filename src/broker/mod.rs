@@ -31,6 +31,8 @@ pub struct BrokerSettings {
     pub limits: WsLimits,
     pub hub: HubConfig,
     pub dashboard: DashboardConfig,
+    /// Who may write through `/ws`, and from which origins.
+    pub web: web::security::WebSecurity,
 }
 
 #[derive(Clone)]
@@ -62,6 +64,7 @@ pub fn start(supervisor: &Supervisor, listener: TcpListener, settings: BrokerSet
         limits: settings.limits.clone(),
         supervisor: supervisor.clone(),
     };
+    web::security::announce("broker", &settings.web);
     let router = Router::new()
         .route("/gw", get(gateway_upgrade).with_state(gateways))
         .merge(web::for_browsers(
@@ -71,6 +74,7 @@ pub fn start(supervisor: &Supervisor, listener: TcpListener, settings: BrokerSet
             Role::Broker,
             settings.dashboard,
             None,
+            web::security::Guard::new(settings.web),
         ));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(role = "broker", %addr, "listening (gateways on /gw, web clients on /ws, dashboard on /)");
