@@ -76,7 +76,7 @@ impl OriginPolicy {
         logged.insert(origin.to_owned());
         tracing::warn!(
             %peer,
-            origin,
+            %origin,
             "refused {what} from another origin (allow it with --allowed-origin); further refusals of this origin are counted, not logged"
         );
     }
