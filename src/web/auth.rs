@@ -76,6 +76,17 @@ pub enum Access {
     Anonymous,
 }
 
+impl Access {
+    /// For logs: which kind, without the session's id.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Access::Open => "open",
+            Access::Session(_) => "logged in",
+            Access::Anonymous => "read-only",
+        }
+    }
+}
+
 impl Auth {
     pub fn new(password: Option<Verifier>, ttl: Duration, attempts_per_minute: u32) -> Auth {
         Auth {

@@ -231,7 +231,7 @@ async fn session(
         logged_too_big: false,
         logged_rate: false,
     };
-    tracing::info!(client = %view.id, %peer, access = ?conduct.access, "web client connected");
+    tracing::info!(client = %view.id, %peer, access = conduct.access.label(), "web client connected");
     let metrics = endpoint.hub.metrics().clone();
     let _open = metrics.connection(Channel::WebClient);
     // pyaiot registers a client for events only once it said `new`; so do we.
