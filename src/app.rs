@@ -11,7 +11,7 @@ use crate::adapters::coap;
 use crate::broker::{self, BrokerSettings};
 use crate::cli::{
     BrokerArgs, Cli, CoapNodeArgs, Command, ConfigCommand, DashboardArgs, DemoArgs, GatewayArgs,
-    KeysCommand, LookArgs, MqttNodeArgs, NodeCommand, WsNodeArgs,
+    KeysCommand, LookArgs, MqttNodeArgs, NodeCommand, PasswordCommand, WebAuthArgs, WsNodeArgs,
 };
 use crate::config::{Config, DEFAULT_TOML};
 use crate::gateway::{self, GatewayListeners, GatewaySettings};
@@ -71,6 +71,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("wrote {}", path.display());
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Password(PasswordCommand::Hash { file, force }) => {
+            web::password::hash_command(file.as_deref(), force)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         // The bench runs the roles as child processes and its own runtime for the load.
         Command::Bench(args) => return crate::bench::run(args, cli.config.as_deref()),
         _ => {}
@@ -99,7 +103,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Node(NodeCommand::Mqtt(args)) => start_mqtt_nodes(&supervisor, args)?,
             Command::Dashboard(args) => start_dashboard(&supervisor, config, args).await?,
             Command::Demo(args) => start_demo(&supervisor, config, args).await?,
-            Command::Config(_) | Command::Keys(_) | Command::Bench(_) => {
+            Command::Config(_) | Command::Keys(_) | Command::Password(_) | Command::Bench(_) => {
                 unreachable!("handled above")
             }
         }
@@ -146,6 +150,15 @@ fn apply_look(config: &mut Config, look: LookArgs) {
     }
 }
 
+/// Applies the web security flags; returns the plain password, if one was given.
+fn apply_web(config: &mut Config, web: WebAuthArgs) -> Option<String> {
+    if web.web_password_file.is_some() {
+        config.web.password_file = web.web_password_file;
+    }
+    config.web.allowed_origins.extend(web.allowed_origins);
+    web.web_password
+}
+
 fn load_keys(config: &Config) -> anyhow::Result<Keys> {
     let path = config.key_file();
     Keys::load(&path).with_context(|| {
@@ -174,6 +187,7 @@ async fn start_broker(
     if args.tls_client_ca.is_some() {
         config.tls.client_ca = args.tls_client_ca;
     }
+    let password = apply_web(&mut config, args.web);
     config.check().map_err(anyhow::Error::msg)?;
     let gateways_file = config.gateways_file();
     // With a gateways file the shared key is optional: leaving it out means every gateway can
@@ -186,6 +200,9 @@ async fn start_broker(
             Some(load_keys(&config)?)
         };
     let tls = server_tls(&config)?;
+    let mut web_security = config.web.security(password.as_deref())?;
+    // Session cookies get `Secure` where the page itself came over TLS.
+    web_security.tls = tls.is_some();
     let listener = web::bind(config.broker.bind, config.broker.port).await?;
     broker::start(
         supervisor,
@@ -197,6 +214,7 @@ async fn start_broker(
             limits: config.ws_limits(),
             hub: config.hub(),
             dashboard: config.dashboard_config(),
+            web: web_security,
         },
     )?;
     Ok(())
@@ -295,8 +313,12 @@ async fn start_gateway(
         config.tls.client_key = args.tls_client_key;
     }
     apply_server_tls(&mut config, args.tls);
+    let password = apply_web(&mut config, args.web);
     config.check().map_err(anyhow::Error::msg)?;
     let web_tls = server_tls(&config)?;
+    let mut web_security = config.web.security(password.as_deref())?;
+    // Session cookies get `Secure` where the page itself came over TLS.
+    web_security.tls = web_tls.is_some();
     let uplink = match config.broker_url() {
         Some(url) => Some(uplink_settings(&config, &url, load_keys(&config)?)?),
         None => None,
@@ -326,6 +348,7 @@ async fn start_gateway(
             coap,
             mqtt,
             web_tls,
+            web: web_security,
         },
     )?;
     if let Some(connected) = mqtt_connected {
@@ -562,6 +585,10 @@ async fn start_demo(
     args: DemoArgs,
 ) -> anyhow::Result<()> {
     apply_look(&mut config, args.look);
+    let password = apply_web(&mut config, args.web);
+    config.check().map_err(anyhow::Error::msg)?;
+    // One password for the demo's broker and gateway, hashed once.
+    let web_security = config.web.security(password.as_deref())?;
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     // The demo's broker and gateway share keys that live only in this process.
     let keys = Keys::generate();
@@ -577,6 +604,7 @@ async fn start_demo(
             limits: config.ws_limits(),
             hub: config.hub(),
             dashboard: config.dashboard_config(),
+            web: web_security.clone(),
         },
     )?;
     let coap = coap_settings(&config)?;
@@ -638,6 +666,7 @@ async fn start_demo(
             coap,
             mqtt,
             web_tls: None,
+            web: web_security,
         },
     )?;
     if let Some((nodes, sockets)) = coap_nodes {

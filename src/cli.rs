@@ -39,6 +39,9 @@ pub enum Command {
     /// pyaiot-compatible key files.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The web password that guards writes from web clients.
+    #[command(subcommand)]
+    Password(PasswordCommand),
     /// Print or check configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -65,6 +68,21 @@ pub struct LookArgs {
     /// URL of a camera image shown on the page.
     #[arg(long, value_name = "URL")]
     pub camera_url: Option<String>,
+}
+
+/// Who may write through the web endpoints, on every role that has `/ws`.
+#[derive(Debug, Args, Default)]
+pub struct WebAuthArgs {
+    /// Password for writes from web clients. Visible in `ps`: prefer --web-password-file.
+    #[arg(long, env = "AIOT_WEB_PASSWORD", hide_env_values = true)]
+    pub web_password: Option<String>,
+    /// File holding the web password's hash, made by `aiot password hash --file FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub web_password_file: Option<PathBuf>,
+    /// An origin allowed to open /ws and /node besides the page's own, e.g.
+    /// https://dash.example (repeatable; `*` allows any).
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +118,8 @@ pub struct BrokerArgs {
     pub key_file: Option<PathBuf>,
     #[command(flatten)]
     pub look: LookArgs,
+    #[command(flatten)]
+    pub web: WebAuthArgs,
     /// Per-gateway keys ([[gateway]] entries from `aiot keys generate --gateway NAME`);
     /// reread when it changes and on SIGHUP.
     #[arg(long, value_name = "PATH")]
@@ -193,6 +213,8 @@ pub struct GatewayArgs {
     /// TLS for the local dashboard and web clients (--web-port).
     #[command(flatten)]
     pub tls: ServerTlsArgs,
+    #[command(flatten)]
+    pub web: WebAuthArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -320,6 +342,20 @@ pub enum KeysCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum PasswordCommand {
+    /// Hash a web password (typed twice at a terminal, else the first line of stdin) into a
+    /// password file for --web-password-file.
+    Hash {
+        /// Where to write the hash (mode 0600); without it, printed.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print the default configuration, with comments.
     Default,
@@ -358,4 +394,6 @@ pub struct DemoArgs {
     pub interval: f64,
     #[command(flatten)]
     pub look: LookArgs,
+    #[command(flatten)]
+    pub web: WebAuthArgs,
 }

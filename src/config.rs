@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hub::HubConfig;
 use crate::web::api::DashboardConfig;
+use crate::web::security::WebSecurity;
 use crate::web::socket::WsLimits;
 
 /// The commented default configuration, as `aiot config default` prints it.
@@ -41,6 +42,79 @@ pub struct Config {
     pub coap: CoapConfig,
     pub mqtt: MqttConfig,
     pub tls: TlsConfig,
+    pub web: WebConfig,
+}
+
+/// Who may use the web endpoints (`/ws`, `/node`, the login): docs/security-web.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// A file holding the web password's hash (`aiot password hash`); unset: writes are open.
+    pub password_file: Option<PathBuf>,
+    /// Origins allowed to open `/ws` and `/node` besides the page's own; `"*"` allows any.
+    pub allowed_origins: Vec<String>,
+    pub session_secs: u64,
+    pub login_attempts_per_minute: u32,
+    pub max_clients: usize,
+    pub client_messages_per_sec: u32,
+    pub max_write_bytes: usize,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        use crate::web::security as s;
+        WebConfig {
+            password_file: None,
+            allowed_origins: Vec::new(),
+            session_secs: s::DEFAULT_SESSION_SECS,
+            login_attempts_per_minute: s::DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE,
+            max_clients: s::DEFAULT_MAX_CLIENTS,
+            client_messages_per_sec: s::DEFAULT_CLIENT_MESSAGES_PER_SEC,
+            max_write_bytes: s::DEFAULT_MAX_WRITE_BYTES,
+        }
+    }
+}
+
+impl WebConfig {
+    /// The settings the roles run with; `password` (a flag) wins over `password_file`.
+    pub fn security(&self, password: Option<&str>) -> anyhow::Result<WebSecurity> {
+        use anyhow::Context as _;
+        let verifier = match (password, &self.password_file) {
+            (Some(password), _) => {
+                Some(crate::web::password::Verifier::hash(password).context("--web-password")?)
+            }
+            (None, Some(path)) => Some(crate::web::password::Verifier::load(&expand_home(path))?),
+            (None, None) => None,
+        };
+        Ok(WebSecurity {
+            password: verifier,
+            allowed_origins: self.allowed_origins.clone(),
+            session_ttl: Duration::from_secs(self.session_secs),
+            login_attempts_per_minute: self.login_attempts_per_minute,
+            max_clients: self.max_clients,
+            client_messages_per_sec: self.client_messages_per_sec,
+            max_write_bytes: self.max_write_bytes,
+            tls: false,
+        })
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for origin in &self.allowed_origins {
+            if origin.trim() != "*" && crate::web::origin::parse_origin(origin).is_none() {
+                return Err(format!(
+                    "web.allowed_origins: {origin:?} is not an origin like https://host or http://host:port"
+                ));
+            }
+        }
+        if self
+            .password_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err("web.password_file must not be empty".into());
+        }
+        Ok(())
+    }
 }
 
 /// TLS of the broker's (and a gateway's web) listener, and of the gateway's uplink. PEM files.
@@ -326,6 +400,17 @@ impl Config {
             ),
             ("coap.max_body_bytes", self.coap.max_body_bytes as u64),
             ("mqtt.max_connections", self.mqtt.max_connections as u64),
+            ("web.session_secs", self.web.session_secs),
+            (
+                "web.login_attempts_per_minute",
+                u64::from(self.web.login_attempts_per_minute),
+            ),
+            ("web.max_clients", self.web.max_clients as u64),
+            (
+                "web.client_messages_per_sec",
+                u64::from(self.web.client_messages_per_sec),
+            ),
+            ("web.max_write_bytes", self.web.max_write_bytes as u64),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{key} must be greater than 0"));
@@ -366,6 +451,7 @@ impl Config {
         if self.tls.client_ca.is_some() && self.tls.cert.is_none() {
             return Err("tls.client_ca needs tls.cert and tls.key (--tls-cert, --tls-key)".into());
         }
+        self.web.check()?;
         Ok(())
     }
 

@@ -18,6 +18,7 @@ pub fn start(supervisor: &Supervisor, listener: TcpListener, dashboard: Dashboar
         hub: None,
         uplink: None,
         metrics: Arc::new(Metrics::default()),
+        guard: None,
     };
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(role = "dashboard", %addr, "listening for browsers on /");

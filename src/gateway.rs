@@ -26,6 +26,8 @@ pub struct GatewaySettings {
     pub mqtt: Option<GatewayMqtt>,
     /// TLS for the local dashboard and web clients (reloaded on SIGHUP); `None`: plain HTTP.
     pub web_tls: Option<std::sync::Arc<crate::tls::ServerTls>>,
+    /// Who may write through `/ws`, and from which origins `/ws` and `/node` are opened.
+    pub web: web::security::WebSecurity,
 }
 
 /// The MQTT adapter, and the embedded broker it talks to (`None`: an external broker).
@@ -60,7 +62,12 @@ pub fn start(
     supervisor.spawn(actor);
     supervisor.add_probe(Probe::hub(hub.clone()));
 
-    let nodes = ws_node::routes(supervisor, hub.clone(), settings.limits.clone());
+    web::security::announce("gateway", &settings.web);
+    let guard = web::security::Guard::new(settings.web);
+    let nodes = web::origin::guarded(
+        ws_node::routes(supervisor, hub.clone(), settings.limits.clone()),
+        guard.clone(),
+    );
     if let Ok(addr) = listeners.node.local_addr() {
         tracing::info!(role = "gateway", %addr, "listening for websocket nodes on /node");
     }
@@ -106,6 +113,7 @@ pub fn start(
         Role::Gateway,
         settings.dashboard,
         uplink.clone(),
+        guard,
     );
     if let Ok(addr) = listeners.web.local_addr() {
         tracing::info!(role = "gateway", %addr, "listening for web clients on /ws (dashboard on /)");

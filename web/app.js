@@ -1,6 +1,8 @@
 // aiot dashboard: boots the page. Reads /api/config (optional: a pyaiot-era server has none),
 // connects to the broker's /ws, loads /api/history for charts, and on a gateway polls
-// /healthz for the uplink state. Everything degrades gracefully when an endpoint is missing.
+// /healthz for the uplink state, and /api/session to know whether this page may write (else
+// its controls are read-only until a login). Everything degrades gracefully when an endpoint is
+// missing.
 
 import { $ } from './js/dom.js';
 import { load, save, StoredSet } from './js/prefs.js';
@@ -9,6 +11,7 @@ import { Connection } from './js/connection.js';
 import { Dashboard } from './js/nodes.js';
 import { Filters } from './js/filters.js';
 import { Status } from './js/status.js';
+import { Access } from './js/access.js';
 import { masonry } from './js/masonry.js';
 
 const HEALTH_EVERY_MS = 5000;
@@ -119,6 +122,25 @@ async function main() {
   const hiddenNodes = new StoredSet('hiddenNodes');
   const hiddenRes = new StoredSet('hiddenResources');
 
+  let conn = null;
+  let dash = null;
+  const access = new Access({
+    toggle: $('#login-toggle'),
+    toggleText: $('#login-toggle-text'),
+    panel: $('#login'),
+    form: $('#login-form'),
+    input: $('#login-password'),
+    error: $('#login-error'),
+    cancel: $('#login-cancel'),
+    badge: $('#read-only'),
+  }, {
+    onChange: (canWrite) => dash && dash.setWritable(canWrite),
+    // The socket learns of the session from the cookie sent when it opens.
+    onLogin: () => conn && conn.reconnect(),
+    notify,
+  });
+  const sessionKnown = access.refresh();
+
   const configResponse = await getJson('api/config', 4000);
   const config = configResponse && configResponse.data && typeof configResponse.data === 'object' ? configResponse.data : {};
   // Without /api/config this is not an aiot server (a plain file server, say): then there is
@@ -129,9 +151,8 @@ async function main() {
   const url = wsUrl(config.ws_url);
 
   let connected = false;
-  let conn = null;
   let filters = null;
-  const dash = new Dashboard({
+  dash = new Dashboard({
     grid,
     charts,
     hiddenNodes,
@@ -146,6 +167,7 @@ async function main() {
   });
   filters = new Filters({ panel: $('#filters'), toggle: $('#filters-toggle'), badge: $('#filter-badge'), dashboard: dash });
   status.setCounts({ live: 0, gone: 0 });
+  dash.setWritable(await sessionKnown);
 
   const showEmpty = () => {
     $('#empty-text').textContent = connected ? 'Waiting for nodes…' : 'Connecting to the server…';
@@ -170,7 +192,15 @@ async function main() {
       if (again) dash.beginResync();
       loadHistory();
     },
-    onMessage: (msg) => dash.handle(msg),
+    onMessage: (msg) => {
+      // aiot's answer to a write it refused (only sent to clients that said they are aiot's).
+      if (msg && msg.type === 'denied') {
+        notify(typeof msg.message === 'string' && msg.message ? msg.message : 'The server refused the command.');
+        if (msg.reason === 'unauthorized') access.refresh();
+        return;
+      }
+      dash.handle(msg);
+    },
     onState: (state, info) => {
       connected = state === 'connected';
       document.body.classList.toggle('offline', !connected);

@@ -42,6 +42,8 @@ pub struct BrokerSettings {
     pub limits: WsLimits,
     pub hub: HubConfig,
     pub dashboard: DashboardConfig,
+    /// Who may write through `/ws`, and from which origins.
+    pub web: web::security::WebSecurity,
 }
 
 #[derive(Clone)]
@@ -93,6 +95,7 @@ pub fn start(
         limits: settings.limits.clone(),
         supervisor: supervisor.clone(),
     };
+    web::security::announce("broker", &settings.web);
     let router = Router::new()
         .route("/gw", get(gateway_upgrade).with_state(gateways))
         .route("/api/gateways", get(origins::list).with_state(origins))
@@ -103,6 +106,7 @@ pub fn start(
             Role::Broker,
             settings.dashboard,
             None,
+            web::security::Guard::new(settings.web),
         ));
     let scheme = if settings.tls.is_some() {
         "TLS"

@@ -1,5 +1,6 @@
 //! The dashboard's JSON endpoints and the operator's: `/api/config` (title, logo, where to
-//! connect), `/api/history` (numeric readings for charts), `/healthz` and `/metrics`.
+//! connect), `/api/history` (numeric readings for charts), `/healthz` and `/metrics`; and,
+//! where web clients connect, the login endpoints of [`super::auth`].
 
 use std::sync::Arc;
 
@@ -44,15 +45,22 @@ pub struct Api {
     pub hub: Option<Hub>,
     pub uplink: Option<watch::Receiver<UplinkState>>,
     pub metrics: Arc<Metrics>,
+    /// Who may write through this listener's `/ws`; `None` where there is no `/ws`.
+    pub guard: Option<Arc<super::security::Guard>>,
 }
 
 pub fn routes(api: Api) -> Router {
+    let login = match &api.guard {
+        Some(guard) => super::auth::routes(guard.clone()),
+        None => Router::new(),
+    };
     Router::new()
         .route("/api/config", get(config))
         .route("/api/history", get(history))
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
         .with_state(api)
+        .merge(login)
 }
 
 #[derive(Serialize)]
@@ -121,12 +129,16 @@ async fn health(State(api): State<Api>) -> Response {
 }
 
 async fn metrics(State(api): State<Api>) -> Response {
+    let mut text = api.metrics.render();
+    if let Some(guard) = &api.guard {
+        guard.counters.render(&mut text);
+    }
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        api.metrics.render(),
+        text,
     )
         .into_response()
 }

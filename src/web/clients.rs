@@ -1,6 +1,7 @@
 //! The `/ws` endpoint for web clients, the same on the broker and on a gateway: a client's
 //! `new` gets it the hub's snapshot at once and registers it for live events; its `update`
-//! becomes a write routed to the node's owner.
+//! becomes a write routed to the node's owner, if the connection may write (see
+//! [`super::auth`]) and within its rate and size limits.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -8,13 +9,17 @@ use std::sync::Arc;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse as _, Response};
+use serde_json::Value;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
+use super::auth::Access;
+use super::security::{ClientSlot, Counters, Guard};
 use super::socket::{self, Ending, READ_BUFFER_BYTES, WsLimits};
 use crate::hub::{ClientId, Event, Hub, Snapshot};
 use crate::metrics::Channel;
-use crate::proto::broker::{ClientMessage, Dst, NodeMessage};
+use crate::proto::broker::{ClientMessage, Dst, NodeMessage, Write};
 use crate::runtime::Supervisor;
 
 /// Events sent in one batch before flushing, so a burst costs few syscalls but a single event
@@ -26,13 +31,25 @@ pub struct ClientEndpoint {
     pub hub: Hub,
     pub limits: WsLimits,
     pub supervisor: Supervisor,
+    pub guard: Arc<Guard>,
 }
 
 pub async fn upgrade(
     ws: WebSocketUpgrade,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     State(endpoint): State<ClientEndpoint>,
 ) -> Response {
+    let Some(slot) = endpoint.guard.admit() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many web clients are connected; try again later",
+        )
+            .into_response();
+    };
+    // The cookie comes with the upgrade request only: a browser that logs in later opens a
+    // new connection.
+    let access = endpoint.guard.auth.access(&headers);
     let limits = endpoint.limits.clone();
     // tungstenite's default 128 KiB read buffer per connection made a thousand nodes cost
     // 140 MiB; our messages are small.
@@ -41,7 +58,7 @@ pub async fn upgrade(
         .max_message_size(limits.max_frame_bytes)
         .on_upgrade(move |socket| {
             let tracker = endpoint.supervisor.tracker().clone();
-            tracker.track_future(session(socket, endpoint, peer))
+            tracker.track_future(session(socket, endpoint, peer, access, slot))
         })
 }
 
@@ -90,13 +107,131 @@ impl ClientView {
     }
 }
 
-async fn session(mut socket: WebSocket, endpoint: ClientEndpoint, peer: SocketAddr) {
+/// What one connection may send, and what it was already told off for (logged once each).
+struct Conduct {
+    access: Access,
+    /// Said it is aiot's dashboard in its hello (`"aiot": 1`): it understands `denied`.
+    aiot: bool,
+    rate: TokenBucket,
+    logged_unauthorized: bool,
+    logged_too_big: bool,
+    logged_rate: bool,
+}
+
+/// Messages per second with a burst of twice that.
+struct TokenBucket {
+    tokens: f64,
+    per_sec: f64,
+    at: tokio::time::Instant,
+}
+
+impl TokenBucket {
+    fn new(per_sec: u32) -> TokenBucket {
+        let per_sec = f64::from(per_sec.max(1));
+        TokenBucket {
+            tokens: 2.0 * per_sec,
+            per_sec,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(2.0 * self.per_sec);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Why a write was refused, as a `denied` message tells an aiot dashboard.
+enum Denied {
+    Unauthorized,
+    TooBig(usize),
+}
+
+/// Whether `write` goes through; refusals are counted and logged once per connection.
+fn allow_write(
+    write: &Write,
+    conduct: &mut Conduct,
+    guard: &Guard,
+    client: &str,
+    peer: SocketAddr,
+) -> Result<(), Denied> {
+    if !guard.auth.may_write(&conduct.access) {
+        Counters::add(&guard.counters.writes_unauthorized);
+        if !std::mem::replace(&mut conduct.logged_unauthorized, true) {
+            tracing::warn!(%client, %peer, "write refused: not logged in (further refusals on this connection are counted, not logged)");
+        }
+        return Err(Denied::Unauthorized);
+    }
+    let size = serde_json::to_string(&write.payload).map_or(usize::MAX, |s| s.len());
+    if size > guard.settings.max_write_bytes {
+        Counters::add(&guard.counters.writes_too_big);
+        if !std::mem::replace(&mut conduct.logged_too_big, true) {
+            tracing::warn!(%client, %peer, size, max = guard.settings.max_write_bytes, "write refused: payload too big");
+        }
+        return Err(Denied::TooBig(size));
+    }
+    Ok(())
+}
+
+fn denied_message(write: &Write, denied: &Denied, max: usize) -> String {
+    let (reason, message) = match denied {
+        Denied::Unauthorized => (
+            "unauthorized",
+            "Log in to control nodes: the command was not sent.".to_owned(),
+        ),
+        Denied::TooBig(size) => (
+            "too_big",
+            format!("The value is too big ({size} bytes, at most {max}): it was not sent."),
+        ),
+    };
+    serde_json::json!({
+        "type": "denied",
+        "uid": write.uid,
+        "endpoint": write.endpoint,
+        "reason": reason,
+        "message": message,
+    })
+    .to_string()
+}
+
+/// pyaiot's clients say `{"type":"new","data":"client"}`; aiot's dashboard adds `"aiot": 1`.
+fn says_aiot(hello: &str) -> bool {
+    serde_json::from_str::<Value>(hello)
+        .ok()
+        .and_then(|v| v.get("aiot").cloned())
+        .is_some_and(|v| v != Value::Null && v != Value::Bool(false))
+}
+
+async fn session(
+    mut socket: WebSocket,
+    endpoint: ClientEndpoint,
+    peer: SocketAddr,
+    access: Access,
+    _slot: ClientSlot,
+) {
     let shutdown = endpoint.supervisor.shutdown_token();
     let mut view = ClientView {
         id: uuid::Uuid::new_v4().to_string(),
         known: HashSet::new(),
     };
-    tracing::info!(client = %view.id, %peer, "web client connected");
+    let guard = endpoint.guard.clone();
+    let mut conduct = Conduct {
+        access,
+        aiot: false,
+        rate: TokenBucket::new(guard.settings.client_messages_per_sec),
+        logged_unauthorized: false,
+        logged_too_big: false,
+        logged_rate: false,
+    };
+    tracing::info!(client = %view.id, %peer, access = conduct.access.label(), "web client connected");
     let metrics = endpoint.hub.metrics().clone();
     let _open = metrics.connection(Channel::WebClient);
     // pyaiot registers a client for events only once it said `new`; so do we.
@@ -117,8 +252,16 @@ async fn session(mut socket: WebSocket, endpoint: ClientEndpoint, peer: SocketAd
                     Some(Ok(Message::Close(_))) | None => break Ending::PeerGone,
                     Some(Err(error)) => break Ending::from_receive_error(error),
                 };
+                if !conduct.rate.take() {
+                    Counters::add(&guard.counters.messages_rate_limited);
+                    if !std::mem::replace(&mut conduct.logged_rate, true) {
+                        tracing::warn!(client = %view.id, %peer, "web client sends too fast: dropping its excess messages (web.client_messages_per_sec)");
+                    }
+                    continue;
+                }
                 match ClientMessage::parse(&text) {
                     Ok(ClientMessage::Hello) => {
+                        conduct.aiot |= says_aiot(&text);
                         let Some(subscription) = endpoint.hub.subscribe().await else {
                             break Ending::Shutdown;
                         };
@@ -131,8 +274,28 @@ async fn session(mut socket: WebSocket, endpoint: ClientEndpoint, peer: SocketAd
                         endpoint.hub.client_hello(view.id.clone()).await;
                     }
                     Ok(ClientMessage::Write(write)) => {
-                        tracing::debug!(client = %view.id, uid = %write.uid, endpoint = %write.endpoint, "write");
-                        endpoint.hub.write(write, Some(view.id.clone())).await;
+                        match allow_write(&write, &mut conduct, &guard, &view.id, peer) {
+                            Ok(()) => {
+                                tracing::debug!(client = %view.id, uid = %write.uid, endpoint = %write.endpoint, "write");
+                                endpoint.hub.write(write, Some(view.id.clone())).await;
+                            }
+                            // A pyaiot dashboard knows no `denied`: for it the write just has
+                            // no effect.
+                            Err(denied) if conduct.aiot => {
+                                let text = denied_message(&write, &denied, guard.settings.max_write_bytes);
+                                let sent = socket::send_batch(
+                                    &mut socket,
+                                    socket::texts([Utf8Bytes::from(text)]),
+                                    endpoint.limits.send_timeout,
+                                )
+                                .await;
+                                match sent {
+                                    Ok(n) => metrics.sent(Channel::WebClient, n),
+                                    Err(ending) => break ending,
+                                }
+                            }
+                            Err(_) => {}
+                        }
                     }
                     Ok(ClientMessage::Ignored(why)) => {
                         tracing::debug!(client = %view.id, "ignored: {why}");

@@ -3,7 +3,11 @@
 
 pub mod api;
 pub mod assets;
+pub mod auth;
 pub mod clients;
+pub mod origin;
+pub mod password;
+pub mod security;
 pub mod socket;
 
 use std::io;
@@ -42,7 +46,7 @@ fn no_ipv6(error: &io::Error) -> bool {
 }
 
 /// What a gateway and the broker both serve to browsers: `/ws` for web clients of `hub`, and
-/// the dashboard with its JSON endpoints.
+/// the dashboard with its JSON endpoints; `guard` decides who may write and from which origin.
 pub fn for_browsers(
     supervisor: &Supervisor,
     hub: &crate::hub::Hub,
@@ -50,11 +54,13 @@ pub fn for_browsers(
     role: api::Role,
     look: api::DashboardConfig,
     uplink: Option<tokio::sync::watch::Receiver<crate::uplink::UplinkState>>,
+    guard: std::sync::Arc<security::Guard>,
 ) -> Router {
     let clients = clients::ClientEndpoint {
         hub: hub.clone(),
         limits,
         supervisor: supervisor.clone(),
+        guard: guard.clone(),
     };
     let api = api::Api {
         role,
@@ -62,13 +68,13 @@ pub fn for_browsers(
         hub: Some(hub.clone()),
         uplink,
         metrics: hub.metrics().clone(),
+        guard: Some(guard.clone()),
     };
-    Router::new()
-        .route(
-            "/ws",
-            axum::routing::get(clients::upgrade).with_state(clients),
-        )
-        .merge(dashboard(api))
+    let ws = Router::new().route(
+        "/ws",
+        axum::routing::get(clients::upgrade).with_state(clients),
+    );
+    origin::guarded(ws, guard).merge(dashboard(api))
 }
 
 /// The dashboard: its files and its JSON endpoints, with the security headers on every answer.

@@ -10,11 +10,11 @@ export const AIOT_BIN =
   process.env.AIOT_BIN ?? path.join(repo, 'target/x86_64-unknown-linux-gnu/debug/aiot');
 
 /** Runs `aiot demo` and resolves once the uplink is up, with the dashboards' URLs. */
-export function startDemo({ brokerPort = 0, gatewayPort = 0, webPort = 0, nodes = 3, coapNodes = 3 } = {}) {
+export function startDemo({ brokerPort = 0, gatewayPort = 0, webPort = 0, nodes = 3, coapNodes = 3, extraArgs = [] } = {}) {
   const child = spawn(AIOT_BIN, [
     'demo', '--broker-port', String(brokerPort), '--gateway-port', String(gatewayPort),
     '--web-port', String(webPort), '--nodes', String(nodes), '--coap-nodes', String(coapNodes),
-    '--coap-port', '0', '--mqtt-port', '0', '--interval', '0.5',
+    '--coap-port', '0', '--mqtt-port', '0', '--interval', '0.5', ...extraArgs,
   ], { env: { ...process.env, RUST_LOG: 'aiot=info' }, stdio: ['ignore', 'ignore', 'pipe'] });
   const log = [];
   return new Promise((resolve, reject) => {

@@ -1,5 +1,6 @@
-// The /ws connection: sends pyaiot's client hello on open, hands every message on, and
-// reconnects after any loss with exponential backoff (0.5 s doubling to 15 s, with jitter).
+// The /ws connection: sends pyaiot's client hello on open (marked as aiot's, so the server
+// may tell it why a write was refused), hands every message on, and reconnects after any loss
+// with exponential backoff (0.5 s doubling to 15 s, with jitter).
 
 const MIN_DELAY = 500;
 const MAX_DELAY = 15000;
@@ -51,7 +52,7 @@ export class Connection {
       this.everOpened = true;
       this.failures = 0;
       this.lastReason = '';
-      ws.send(JSON.stringify({ type: 'new', data: 'client' }));
+      ws.send(JSON.stringify({ type: 'new', data: 'client', aiot: 1 }));
       this.h.onState('connected', {});
       this.h.onOpen(again);
     };
@@ -79,6 +80,14 @@ export class Connection {
     clearTimeout(this.timer);
     this.timer = setTimeout(() => this.connect(), this.retryAt - Date.now());
     this.h.onState('reconnecting', { retryAt: this.retryAt, attempt: this.failures, reason: this.lastReason });
+  }
+
+  /** A fresh connection at once, e.g. to carry a new session cookie. */
+  reconnect() {
+    const old = this.ws;
+    this.ws = null;
+    if (old) old.close(1000);
+    this.connect();
   }
 
   retryNow() {

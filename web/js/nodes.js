@@ -71,6 +71,10 @@ function stampOf(msg) {
 
 const fmtTime = (t) => new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
 
+/** What writes to a node: disabled while the page is read-only. */
+const CONTROLS = '[data-action="led-toggle"], [data-action="robot"], form[data-action] input, '
+  + 'form[data-action] textarea, form[data-action] button[type="submit"]';
+
 export class Dashboard {
   /** opts: grid (element), charts (Charts), send(msg) -> bool, notify(text), hiddenNodes,
    *  hiddenRes (StoredSets), onCounts({live, gone, total}), onCatalog() when the set of nodes,
@@ -88,6 +92,7 @@ export class Dashboard {
     this.countsDirty = true;
     this.catalogDirty = false;
     this.sweepTimer = null;
+    this.writable = true;
     this.flush = this.flush.bind(this);
     this.charts.onNeedFlush = () => this.schedule();
     this.grid.addEventListener('click', (e) => this.onClick(e));
@@ -389,6 +394,7 @@ export class Dashboard {
   createRow(node, res) {
     const kind = KINDS[res.kind];
     const el = kind.create(res, node, this);
+    this.applyWritable(el);
     el.classList.add('res', 'res-' + res.kind);
     el.dataset.endpoint = res.endpoint;
     el.hidden = this.hiddenRes.has(res.endpoint);
@@ -423,7 +429,28 @@ export class Dashboard {
 
   // ---- user actions --------------------------------------------------------------------------
 
+  /** Read-only until logged in: controls stay visible but disabled. */
+  setWritable(writable) {
+    if (this.writable === writable) return;
+    this.writable = writable;
+    this.applyWritable(this.grid);
+  }
+
+  applyWritable(root) {
+    const off = !this.writable;
+    for (const el of root.querySelectorAll(CONTROLS)) {
+      if (el.tagName === 'TEXTAREA') el.readOnly = off;
+      else el.disabled = off;
+      if (off) el.setAttribute('aria-describedby', 'read-only');
+      else el.removeAttribute('aria-describedby');
+    }
+  }
+
   write(node, endpoint, payload) {
+    if (!this.writable) {
+      this.notify('Log in to control nodes.');
+      return false;
+    }
     const ok = this.send({ type: 'update', data: { uid: node.uid, endpoint, payload } });
     if (!ok) this.notify('Not connected: the command was not sent.');
     return ok;
