@@ -145,3 +145,49 @@ fn a_watchdog_meant_for_another_process_is_left_alone() {
         }
     }
 }
+
+/// The uplink and the MQTT adapter beat on every turn of their loops: with an uplink that is
+/// connected, then retrying after its broker died (a long backoff wait), the watchdog pings on.
+#[test]
+fn uplink_and_mqtt_heartbeats_keep_the_watchdog_fed_while_connected_and_retrying() {
+    let systemd = FakeSystemd::new();
+    let (mut broker, broker_addr, keys_dir) = common::broker_with_keys();
+    let keys = common::key_file(&keys_dir);
+    let url = format!("ws://{broker_addr}/gw");
+    let args: Vec<&str> = std::iter::once("gateway")
+        .chain(GATEWAY_ON_LOOPBACK.iter().copied())
+        .chain(["--broker-url", &url, "--key-file", &keys])
+        .collect();
+    let gateway = Aiot::spawn_env(
+        &args,
+        &[
+            ("NOTIFY_SOCKET", &systemd.path),
+            ("WATCHDOG_USEC", "600000"),
+        ],
+    );
+    systemd.wait_for("READY=1");
+    gateway.wait_for_log(&["connected to broker"], TIMEOUT);
+    gateway.wait_for_log(&["MQTT connected"], TIMEOUT);
+    for _ in 0..4 {
+        let ping = systemd.wait_for("WATCHDOG=1");
+        assert!(ping.contains("uplink connected"), "{ping}");
+    }
+
+    broker.kill();
+    gateway.wait_for_log(&["retrying in"], TIMEOUT);
+    // Across several backoff waits (0.25 s to 1 s, then longer) the uplink keeps beating.
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut pings = 0;
+    while Instant::now() < until {
+        if systemd.wait_for("WATCHDOG=1").contains("uplink") {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 8, "{pings} pings in 4 s");
+    assert_eq!(
+        gateway.count_log("watchdog ping withheld"),
+        0,
+        "{}",
+        gateway.log_text()
+    );
+}
