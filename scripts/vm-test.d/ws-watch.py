@@ -69,6 +69,17 @@ def main() -> None:
             print(payload.decode(), flush=True)
         elif opcode == 0x8:
             break
+    # A polite close (1000), so the gateway logs no protocol error.
+    try:
+        mask = os.urandom(4)
+        body = struct.pack("!H", 1000)
+        sock.sendall(bytes([0x88, 0x80 | len(body)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(body)))
+        sock.settimeout(2)
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass
+    sock.close()
 
 
 if __name__ == "__main__":
