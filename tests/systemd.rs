@@ -147,14 +147,24 @@ fn a_watchdog_meant_for_another_process_is_left_alone() {
 }
 
 /// The uplink and the MQTT adapter beat on every turn of their loops: with an uplink that is
-/// connected, then retrying after its broker died (a long backoff wait), the watchdog pings on.
+/// connected, then retrying after its broker died, the watchdog pings on. With a 1 s send
+/// timeout the uplink may be silent 4 s at most, and by 13 s of retrying the backoff waits
+/// (0.25-0.5 s, doubling) have reached 4-8 s: they must beat too.
 #[test]
 fn uplink_and_mqtt_heartbeats_keep_the_watchdog_fed_while_connected_and_retrying() {
     let systemd = FakeSystemd::new();
     let (mut broker, broker_addr, keys_dir) = common::broker_with_keys();
     let keys = common::key_file(&keys_dir);
     let url = format!("ws://{broker_addr}/gw");
-    let args: Vec<&str> = std::iter::once("gateway")
+    let config = keys_dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nsend_timeout_secs = 1\n[uplink]\nbackoff_max_secs = 30\n",
+    )
+    .expect("write the config");
+    let config = config.to_str().expect("utf-8");
+    let args: Vec<&str> = ["--config", config, "gateway"]
+        .into_iter()
         .chain(GATEWAY_ON_LOOPBACK.iter().copied())
         .chain(["--broker-url", &url, "--key-file", &keys])
         .collect();
@@ -168,22 +178,28 @@ fn uplink_and_mqtt_heartbeats_keep_the_watchdog_fed_while_connected_and_retrying
     systemd.wait_for("READY=1");
     gateway.wait_for_log(&["connected to broker"], TIMEOUT);
     gateway.wait_for_log(&["MQTT connected"], TIMEOUT);
-    for _ in 0..4 {
-        let ping = systemd.wait_for("WATCHDOG=1");
-        assert!(ping.contains("uplink connected"), "{ping}");
+    // Pings sent before the link was up may still be queued: wait for the first that says so.
+    let ping = systemd.wait_for("uplink connected");
+    assert!(ping.contains("WATCHDOG=1"), "{ping}");
+    for _ in 0..3 {
+        systemd.wait_for("WATCHDOG=1");
     }
 
     broker.kill();
     gateway.wait_for_log(&["retrying in"], TIMEOUT);
-    // Across several backoff waits (0.25 s to 1 s, then longer) the uplink keeps beating.
-    let until = Instant::now() + Duration::from_secs(4);
+    let until = Instant::now() + Duration::from_secs(13);
     let mut pings = 0;
     while Instant::now() < until {
-        if systemd.wait_for("WATCHDOG=1").contains("uplink") {
+        if systemd.wait_for("WATCHDOG=1").contains("uplink retrying") {
             pings += 1;
         }
     }
-    assert!(pings >= 8, "{pings} pings in 4 s");
+    assert!(pings >= 10, "{pings} pings in 13 s");
+    assert!(
+        gateway.count_log("retrying in") >= 5,
+        "{}",
+        gateway.log_text()
+    );
     assert_eq!(
         gateway.count_log("watchdog ping withheld"),
         0,

@@ -37,7 +37,7 @@ const EVENT_BATCH: usize = 256;
 /// First retry delay; doubled per failed attempt up to `backoff_max`.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// How much longer than a send's timeout the uplink may be silent before its probe fails.
-const HEARTBEAT_SLACK: Duration = Duration::from_secs(5);
+const HEARTBEAT_SLACK: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
 pub struct UplinkSettings {
