@@ -27,6 +27,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         None => Config::default(),
     };
     config.log.debug |= cli.debug;
+    let server_role = match &cli.command {
+        Command::Broker(_) => Some("broker"),
+        Command::Gateway(_) => Some("gateway"),
+        Command::Dashboard(_) => Some("dashboard"),
+        _ => None,
+    };
+    if let Some(role) = server_role {
+        crate::runtime::root::refuse_unless_allowed(role, cli.allow_root)?;
+    }
     match cli.command {
         Command::Config(ConfigCommand::Default) => {
             print!("{DEFAULT_TOML}");

@@ -21,6 +21,10 @@ pub struct Cli {
     /// Debug logging (RUST_LOG, when set, wins).
     #[arg(long, global = true)]
     pub debug: bool,
+    /// Let the broker, gateway or dashboard run as root (they refuse otherwise; demo, node,
+    /// bench, config and keys never do).
+    #[arg(long, global = true, env = "AIOT_ALLOW_ROOT", value_parser = clap::builder::FalseyValueParser::new())]
+    pub allow_root: bool,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -51,8 +51,14 @@ impl std::fmt::Debug for Keys {
     }
 }
 
-/// `~/.pyaiot/keys`, pyaiot's default.
+/// `$STATE_DIRECTORY/keys` under systemd's `StateDirectory=` (the first one if several),
+/// otherwise `~/.pyaiot/keys`, pyaiot's default.
 pub fn default_key_file() -> PathBuf {
+    if let Some(state) = std::env::var_os("STATE_DIRECTORY") {
+        if let Some(first) = std::env::split_paths(&state).find(|p| !p.as_os_str().is_empty()) {
+            return first.join("keys");
+        }
+    }
     let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from);
     home.join(".pyaiot").join("keys")
 }

@@ -150,6 +150,7 @@ fn flags_override_the_config_file() {
         .args(["--config", path.to_str().expect("utf-8"), "gateway"])
         .args(common::GATEWAY_ON_LOOPBACK)
         .env("RUST_LOG", "aiot=info")
+        .env("AIOT_ALLOW_ROOT", "1")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("runs");

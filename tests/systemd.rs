@@ -145,3 +145,65 @@ fn a_watchdog_meant_for_another_process_is_left_alone() {
         }
     }
 }
+
+/// The uplink and the MQTT adapter beat on every turn of their loops: with an uplink that is
+/// connected, then retrying after its broker died, the watchdog pings on. With a 1 s send
+/// timeout the uplink may be silent 4 s at most, and by 13 s of retrying the backoff waits
+/// (0.25-0.5 s, doubling) have reached 4-8 s: they must beat too.
+#[test]
+fn uplink_and_mqtt_heartbeats_keep_the_watchdog_fed_while_connected_and_retrying() {
+    let systemd = FakeSystemd::new();
+    let (mut broker, broker_addr, keys_dir) = common::broker_with_keys();
+    let keys = common::key_file(&keys_dir);
+    let url = format!("ws://{broker_addr}/gw");
+    let config = keys_dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nsend_timeout_secs = 1\n[uplink]\nbackoff_max_secs = 30\n",
+    )
+    .expect("write the config");
+    let config = config.to_str().expect("utf-8");
+    let args: Vec<&str> = ["--config", config, "gateway"]
+        .into_iter()
+        .chain(GATEWAY_ON_LOOPBACK.iter().copied())
+        .chain(["--broker-url", &url, "--key-file", &keys])
+        .collect();
+    let gateway = Aiot::spawn_env(
+        &args,
+        &[
+            ("NOTIFY_SOCKET", &systemd.path),
+            ("WATCHDOG_USEC", "600000"),
+        ],
+    );
+    systemd.wait_for("READY=1");
+    gateway.wait_for_log(&["connected to broker"], TIMEOUT);
+    gateway.wait_for_log(&["MQTT connected"], TIMEOUT);
+    // Pings sent before the link was up may still be queued: wait for the first that says so.
+    let ping = systemd.wait_for("uplink connected");
+    assert!(ping.contains("WATCHDOG=1"), "{ping}");
+    for _ in 0..3 {
+        systemd.wait_for("WATCHDOG=1");
+    }
+
+    broker.kill();
+    gateway.wait_for_log(&["retrying in"], TIMEOUT);
+    let until = Instant::now() + Duration::from_secs(13);
+    let mut pings = 0;
+    while Instant::now() < until {
+        if systemd.wait_for("WATCHDOG=1").contains("uplink retrying") {
+            pings += 1;
+        }
+    }
+    assert!(pings >= 10, "{pings} pings in 13 s");
+    assert!(
+        gateway.count_log("retrying in") >= 5,
+        "{}",
+        gateway.log_text()
+    );
+    assert_eq!(
+        gateway.count_log("watchdog ping withheld"),
+        0,
+        "{}",
+        gateway.log_text()
+    );
+}

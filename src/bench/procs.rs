@@ -60,6 +60,8 @@ impl Lab {
         command
             .args(args)
             .env("RUST_LOG", CHILD_LOG)
+            // The bench's own loopback roles: a root bench runs them as root too.
+            .env(crate::runtime::root::ALLOW_ROOT_ENV, "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -4,7 +4,9 @@
 //! every loop sees it and closes its peers politely, and the supervisor waits for the tasks up
 //! to a deadline.
 
+pub mod heartbeat;
 pub mod notify;
+pub mod root;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -26,6 +26,7 @@ use crate::keys::Keys;
 use crate::metrics::Channel;
 use crate::proto::broker::{BrokerRequest, Dst, NodeMessage};
 use crate::runtime::Supervisor;
+use crate::runtime::heartbeat::Heartbeat;
 use crate::web::socket::{self, Ending, WsLimits};
 
 pub use handshake::{HandshakeError, Stream, Target};
@@ -34,6 +35,8 @@ pub use handshake::{HandshakeError, Stream, Target};
 const EVENT_BATCH: usize = 256;
 /// First retry delay; doubled per failed attempt up to `backoff_max`.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// How much longer than a send's timeout the uplink may be silent before its probe fails.
+const HEARTBEAT_SLACK: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
 pub struct UplinkSettings {
@@ -68,8 +71,11 @@ pub fn start(
 ) -> watch::Receiver<UplinkState> {
     let (state, state_rx) = watch::channel(UplinkState::Connecting);
     let shutdown = supervisor.shutdown_token();
+    // A send may take up to send_timeout before the link is given up; longer silence is a hang.
+    let heartbeat = Heartbeat::new();
+    supervisor.add_probe(heartbeat.probe("uplink", settings.limits.send_timeout + HEARTBEAT_SLACK));
     supervisor.spawn(async move {
-        run(hub, settings, shutdown, &state).await;
+        run(hub, settings, shutdown, &state, &heartbeat).await;
         state.send_replace(UplinkState::Stopped);
     });
     state_rx
@@ -89,6 +95,7 @@ async fn run(
     settings: UplinkSettings,
     shutdown: CancellationToken,
     state: &watch::Sender<UplinkState>,
+    heartbeat: &Heartbeat,
 ) {
     let config = WebSocketConfig::default()
         .max_frame_size(Some(settings.limits.max_frame_bytes))
@@ -116,7 +123,7 @@ async fn run(
         };
         let connected = tokio::select! {
             () = shutdown.cancelled() => return,
-            result = handshake::connect(target, tls, &subprotocols, config, settings.connect_timeout) => result,
+            result = heartbeat.beat_while(handshake::connect(target, tls, &subprotocols, config, settings.connect_timeout)) => result,
         };
         let why = match connected {
             Ok(ws) => {
@@ -124,7 +131,7 @@ async fn run(
                 state.send_replace(UplinkState::Connected);
                 hub.metrics().uplink_connected(true);
                 let since = Instant::now();
-                match session(ws, &hub, &settings, &shutdown).await {
+                match session(ws, &hub, &settings, &shutdown, heartbeat).await {
                     None => return,
                     Some(why) => {
                         // A link that held for a while was healthy: start the backoff over.
@@ -145,7 +152,7 @@ async fn run(
         state.send_replace(UplinkState::Retrying(why));
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
+            () = heartbeat.beat_while(tokio::time::sleep(delay)) => {}
         }
     }
 }
@@ -156,6 +163,7 @@ async fn session(
     hub: &Hub,
     settings: &UplinkSettings,
     shutdown: &CancellationToken,
+    heartbeat: &Heartbeat,
 ) -> Option<String> {
     let timeout = settings.limits.send_timeout;
     let metrics = hub.metrics();
@@ -175,7 +183,10 @@ async fn session(
     );
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let mut beat = tokio::time::interval(crate::runtime::heartbeat::EVERY);
+    beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
+        heartbeat.beat();
         let sent = tokio::select! {
             () = shutdown.cancelled() => {
                 let goodbye = Message::Close(Some(CloseFrame {
@@ -228,6 +239,7 @@ async fn session(
                     None => return Some("broker closed the connection".into()),
                 }
             }
+            _ = beat.tick() => Ok(0),
             _ = keepalive.tick() => {
                 let alive = Message::text(NodeMessage::Alive.to_json());
                 socket::send_batch(&mut ws, [alive], timeout).await

@@ -20,6 +20,7 @@ use crate::hub::{Hub, SourceCommand};
 use crate::metrics::{Channel, Metrics};
 use crate::proto::mqtt;
 use crate::runtime::Supervisor;
+use crate::runtime::heartbeat::Heartbeat;
 
 pub use nodes::{Action, Nodes, PROTOCOL};
 
@@ -35,6 +36,8 @@ const FILTERS_PER_PACKET: usize = 64;
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// The client loop never waits (its tick is 1 s): a few seconds of silence is a hang.
+const HEARTBEAT_SILENCE: Duration = Duration::from_secs(5);
 
 /// Where the MQTT broker is, and how to log in.
 #[derive(Debug, Clone)]
@@ -114,6 +117,8 @@ fn client_id() -> String {
 pub fn start(supervisor: &Supervisor, hub: Hub, settings: Settings) {
     let supervisor2 = supervisor.clone();
     let shutdown = supervisor.shutdown_token();
+    let heartbeat = Heartbeat::new();
+    supervisor.add_probe(heartbeat.probe("MQTT adapter", HEARTBEAT_SILENCE));
     supervisor.spawn(async move {
         let (commands_tx, commands) = mpsc::channel(COMMANDS);
         let Some(source) = hub.register("MQTT nodes", commands_tx).await else {
@@ -121,7 +126,16 @@ pub fn start(supervisor: &Supervisor, hub: Hub, settings: Settings) {
         };
         let metrics = hub.metrics().clone();
         let to_hub = ToHub::start(&supervisor2, source, metrics.clone(), Channel::Mqtt);
-        run(&supervisor2, settings, commands, to_hub, shutdown, metrics).await;
+        run(
+            &supervisor2,
+            settings,
+            commands,
+            to_hub,
+            shutdown,
+            metrics,
+            &heartbeat,
+        )
+        .await;
     });
 }
 
@@ -185,6 +199,7 @@ async fn run(
     mut to_hub: ToHub,
     shutdown: tokio_util::sync::CancellationToken,
     metrics: Arc<Metrics>,
+    heartbeat: &Heartbeat,
 ) {
     let id = client_id();
     let mut options = MqttOptions::new(id.clone(), settings.host.clone(), settings.port);
@@ -212,6 +227,7 @@ async fn run(
     let mut check = tokio::time::interval(settings.check_interval);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        heartbeat.beat();
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
