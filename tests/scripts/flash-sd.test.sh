@@ -156,4 +156,7 @@ else
 fi
 
 echo "flash-sd tests: $passed passed, $failed failed"
+# ci/test adds these to its closing count.
+echo "# pass $passed"
+echo "# fail $failed"
 [ "$failed" = 0 ]
