@@ -10,8 +10,8 @@ AIOT_VERSION = 0.1.0
 # scripts/vendor-source). A local-site package would be rsynced without vendoring, and
 # cargo-package builds --offline --locked; Buildroot's cargo post-process leaves an archive
 # that already has VENDOR/ as it is.
-# Its hash changes with every commit: scripts/vendor-source writes target/buildroot-dl/aiot.hash,
-# which buildroot/patches/aiot/aiot.hash (an extra hash file in BR2_GLOBAL_PATCH_DIR) links to.
+# Its hash changes with every commit: scripts/vendor-source writes it to
+# buildroot/patches/aiot/aiot.hash (git-ignored), an extra hash file in BR2_GLOBAL_PATCH_DIR.
 AIOT_SOURCE = aiot-$(AIOT_VERSION)-vendored.tar.gz
 AIOT_SITE = file://$(BR2_EXTERNAL_AIOT_PATH)/../target/buildroot-dl
 # Cargo.toml's licence; the repository has no licence text yet for _LICENSE_FILES to name.
