@@ -490,11 +490,30 @@ mod tests {
             ("[broker]\nbind = \"nowhere\"\n", "bind"),
             ("[uplink]\nbroker_url = \"http://x/gw\"\n", "broker_url"),
             ("[limits]\nmax_frame_bytes = 10\n", "max_frame_bytes"),
+            ("[mqtt]\ntls = true\n", "mqtt.tls"),
+            (
+                "[mqtt]\nhost = \"x\"\nca_file = \"/ca.pem\"\n",
+                "mqtt.ca_file",
+            ),
+            ("[mqtt]\npassword_file = \"/pw\"\n", "mqtt.password_file"),
+            ("[mqtt]\nv5_port = 1883\n", "mqtt.v5_port"),
         ] {
             std::fs::write(&path, text).expect("write");
             let error = Config::load(&path).expect_err(text).to_string();
             assert!(error.contains(needle), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn the_mqtt5_port_follows_the_mqtt_port() {
+        let mut mqtt = MqttConfig::default();
+        assert_eq!(mqtt.v5_port(), 1884);
+        mqtt.port = 0;
+        assert_eq!(mqtt.v5_port(), 0);
+        mqtt.port = 2883;
+        assert_eq!(mqtt.v5_port(), 2884);
+        mqtt.v5_port = Some(9000);
+        assert_eq!(mqtt.v5_port(), 9000);
     }
 
     #[test]
