@@ -89,6 +89,7 @@ pub async fn node(
     let result: anyhow::Result<()> = async {
         let mut plan: Option<Plan> = None;
         let mut sending = true;
+        let mut connected = false;
         loop {
             let update_at = match plan {
                 Some(plan) if sending => match plan.due(index, nodes, report.sent) {
@@ -106,15 +107,24 @@ pub async fn node(
                     let _ = client.try_disconnect();
                     return Ok(());
                 }
-                event = eventloop.poll() => match event? {
-                    Event::Incoming(Packet::ConnAck(_)) => {
+                event = eventloop.poll() => match event {
+                    // A thousand nodes connecting at once on a busy machine may time out:
+                    // retry as a real node would, until the controller's setup deadline.
+                    // Once connected, a lost connection would lose updates: the run fails.
+                    Err(error) if !connected => {
+                        tracing::debug!(index, %error, "bench MQTT node: connecting again");
+                        tokio::time::sleep(Duration::from_millis(100 + fastrand::u64(0..400))).await;
+                    }
+                    Err(error) => return Err(error.into()),
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connected = true;
                         for filter in [mqtt::discover_topic(&id), mqtt::GATEWAY_CHECK.to_owned()] {
                             client.subscribe(filter, QoS::AtLeastOnce).await?;
                         }
                         let (topic, payload) = check(&id);
                         client.publish(topic, QoS::AtLeastOnce, false, payload).await?;
                     }
-                    Event::Incoming(Packet::Publish(publish)) => {
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
                         for (topic, payload) in answer(&id, index, &publish.topic, &publish.payload) {
                             // Never wait here: the event loop must keep being polled.
                             if client.try_publish(topic, QoS::AtLeastOnce, false, payload).is_err() {
