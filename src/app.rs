@@ -299,6 +299,19 @@ async fn start_gateway(
     }
     if args.mqtt_password.is_some() {
         config.mqtt.password = args.mqtt_password;
+        config.mqtt.password_file = None;
+    }
+    if args.mqtt_password_file.is_some() {
+        config.mqtt.password = None;
+        config.mqtt.password_file = args.mqtt_password_file;
+    }
+    if args.mqtt_ca.is_some() {
+        config.mqtt.ca_file = args.mqtt_ca;
+        config.mqtt.tls = true;
+    }
+    config.mqtt.tls |= args.mqtt_tls;
+    if args.mqtt5_port.is_some() {
+        config.mqtt.v5_port = args.mqtt5_port;
     }
     config.uplink.broker_port = args.broker_port.unwrap_or(config.uplink.broker_port);
     if args.broker_host.is_some() {
@@ -383,28 +396,38 @@ fn mqtt_settings(config: &Config) -> anyhow::Result<Option<gateway::GatewayMqtt>
         max_resources: config.limits.max_resources_per_node,
         max_time: Duration::from_secs(config.gateway.max_time),
     };
+    let password = match &section.password_file {
+        Some(path) => Some(mqtt::tls::password_from_file(path)?),
+        None => section.password.clone(),
+    };
     let credentials = section
         .username
         .clone()
-        .map(|user| (user, section.password.clone().unwrap_or_default()));
+        .map(|user| (user, password.unwrap_or_default()));
+    let tls = match section.tls {
+        true => Some(mqtt::tls::client_config(section.ca_file.as_deref())?),
+        false => None,
+    };
+    let reserve = |port: u16| match mqtt::reserve(SocketAddr::new(section.bind, port)) {
+        // No IPv6 here: the embedded broker on IPv4 only.
+        Err(error)
+            if section.bind == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+                && error.downcast_ref::<std::io::Error>().is_some_and(|e| {
+                    e.kind() == std::io::ErrorKind::AddrNotAvailable
+                        || e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT)
+                }) =>
+        {
+            mqtt::reserve(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
+        }
+        result => result,
+    };
     let (host, port, broker) = match &section.host {
         Some(host) => (host.clone(), section.port, None),
         None => {
-            let listen = match mqtt::reserve(SocketAddr::new(section.bind, section.port)) {
-                // No IPv6 here: the embedded broker on IPv4 only.
-                Err(error)
-                    if section.bind == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-                        && error.downcast_ref::<std::io::Error>().is_some_and(|e| {
-                            e.kind() == std::io::ErrorKind::AddrNotAvailable
-                                || e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT)
-                        }) =>
-                {
-                    mqtt::reserve(SocketAddr::new(
-                        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                        section.port,
-                    ))?
-                }
-                result => result?,
+            let listen = reserve(section.port)?;
+            let listen_v5 = match section.v5 {
+                true => Some(reserve(section.v5_port())?),
+                false => None,
             };
             let host = if listen.ip().is_unspecified() {
                 Ipv4Addr::LOCALHOST.to_string()
@@ -413,6 +436,7 @@ fn mqtt_settings(config: &Config) -> anyhow::Result<Option<gateway::GatewayMqtt>
             };
             let broker = mqtt::BrokerSettings {
                 listen,
+                listen_v5,
                 max_connections: section.max_connections,
                 max_payload: crate::proto::mqtt::MAX_PAYLOAD,
             };
@@ -424,6 +448,7 @@ fn mqtt_settings(config: &Config) -> anyhow::Result<Option<gateway::GatewayMqtt>
             host,
             port,
             credentials,
+            tls,
             nodes,
             check_interval: mqtt::CHECK_INTERVAL,
             connected: Default::default(),

@@ -200,6 +200,19 @@ pub struct GatewayArgs {
     /// Password at an external MQTT broker.
     #[arg(long, env = "AIOT_MQTT_PASSWORD", hide_env_values = true)]
     pub mqtt_password: Option<String>,
+    /// A file whose first line is the password at an external MQTT broker.
+    #[arg(long, value_name = "PATH", conflicts_with = "mqtt_password")]
+    pub mqtt_password_file: Option<PathBuf>,
+    /// TLS to an external MQTT broker, checked against the system's root certificates.
+    #[arg(long)]
+    pub mqtt_tls: bool,
+    /// TLS to an external MQTT broker, checked against this CA certificate (PEM).
+    #[arg(long, value_name = "PATH")]
+    pub mqtt_ca: Option<PathBuf>,
+    /// The embedded MQTT broker's MQTT 5 port (default: the MQTT port + 1, 1884; 0 picks a
+    /// free one).
+    #[arg(long)]
+    pub mqtt5_port: Option<u16>,
     #[command(flatten)]
     pub look: LookArgs,
     /// Connect to --broker-host over wss:// (a wss:// --broker-url says it itself).

@@ -144,7 +144,30 @@ pub struct MqttConfig {
     pub bind: IpAddr,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// A file holding the password (first line), so that it is on no command line.
+    pub password_file: Option<PathBuf>,
+    /// TLS to the external broker; the server is checked against `ca_file`, or the system's
+    /// roots without it.
+    pub tls: bool,
+    pub ca_file: Option<PathBuf>,
     pub max_connections: usize,
+    /// The embedded broker's MQTT 5 listener (rumqttd serves one protocol version per
+    /// listener), on `bind`:`v5_port`.
+    pub v5: bool,
+    /// `None`: `port` + 1 (1884), or a free port when `port` is 0.
+    pub v5_port: Option<u16>,
+}
+
+impl MqttConfig {
+    /// The embedded broker's MQTT 5 port: `v5_port`, or `port` + 1, or 0 (a free one) when
+    /// `port` is 0.
+    pub fn v5_port(&self) -> u16 {
+        match (self.v5_port, self.port) {
+            (Some(port), _) => port,
+            (None, 0) => 0,
+            (None, port) => port.saturating_add(1),
+        }
+    }
 }
 
 impl Default for MqttConfig {
@@ -156,7 +179,12 @@ impl Default for MqttConfig {
             bind: ANY,
             username: None,
             password: None,
+            password_file: None,
+            tls: false,
+            ca_file: None,
             max_connections: crate::proto::limits::MAX_NODES,
+            v5: true,
+            v5_port: None,
         }
     }
 }
@@ -433,6 +461,28 @@ impl Config {
         if self.mqtt.password.is_some() && self.mqtt.username.is_none() {
             return Err("mqtt.password needs mqtt.username".into());
         }
+        if self.mqtt.password_file.is_some() && self.mqtt.username.is_none() {
+            return Err("mqtt.password_file needs mqtt.username".into());
+        }
+        if self.mqtt.password_file.is_some() && self.mqtt.password.is_some() {
+            return Err("mqtt.password and mqtt.password_file exclude each other".into());
+        }
+        if self.mqtt.ca_file.is_some() && !self.mqtt.tls {
+            return Err("mqtt.ca_file needs mqtt.tls = true".into());
+        }
+        if self.mqtt.tls && self.mqtt.host.is_none() {
+            return Err(
+                "mqtt.tls is for an external broker (mqtt.host); the embedded one has no TLS"
+                    .into(),
+            );
+        }
+        if self.mqtt.v5
+            && self.mqtt.host.is_none()
+            && self.mqtt.port != 0
+            && self.mqtt.v5_port() == self.mqtt.port
+        {
+            return Err("mqtt.v5_port must differ from mqtt.port".into());
+        }
         if self.limits.max_frame_bytes < 1024 {
             return Err("limits.max_frame_bytes must be at least 1024".into());
         }
@@ -572,11 +622,30 @@ mod tests {
                 "[tls]\nclient_ca = \"ca.pem\"\n",
                 "tls.client_ca needs tls.cert",
             ),
+            ("[mqtt]\ntls = true\n", "mqtt.tls"),
+            (
+                "[mqtt]\nhost = \"x\"\nca_file = \"/ca.pem\"\n",
+                "mqtt.ca_file",
+            ),
+            ("[mqtt]\npassword_file = \"/pw\"\n", "mqtt.password_file"),
+            ("[mqtt]\nv5_port = 1883\n", "mqtt.v5_port"),
         ] {
             std::fs::write(&path, text).expect("write");
             let error = Config::load(&path).expect_err(text).to_string();
             assert!(error.contains(needle), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn the_mqtt5_port_follows_the_mqtt_port() {
+        let mut mqtt = MqttConfig::default();
+        assert_eq!(mqtt.v5_port(), 1884);
+        mqtt.port = 0;
+        assert_eq!(mqtt.v5_port(), 0);
+        mqtt.port = 2883;
+        assert_eq!(mqtt.v5_port(), 2884);
+        mqtt.v5_port = Some(9000);
+        assert_eq!(mqtt.v5_port(), 9000);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! MQTT nodes against the gateway with real peers: Debian's `mosquitto_pub`/`mosquitto_sub`
-//! as a node on the gateway's embedded broker, and a real `mosquitto` as an external broker
-//! (restarted mid-test, shared by two gateways). Every port is ephemeral.
+//! as a node on the gateway's embedded broker (MQTT 3.1.1 and MQTT 5), and a real `mosquitto`
+//! as an external broker (restarted mid-test, shared by two gateways, with a password file,
+//! with a TLS listener whose CA the test makes). Every port is ephemeral.
 
 mod common;
 
@@ -26,6 +27,11 @@ fn require(program: &str) {
 
 /// `mosquitto_pub` one message (QoS 1), waiting for it to finish.
 fn publish(broker: SocketAddr, topic: &str, payload: &str) {
+    publish_with(broker, &[], topic, payload);
+}
+
+/// `mosquitto_pub` with `extra` options (`-V mqttv5`, a login).
+fn publish_with(broker: SocketAddr, extra: &[&str], topic: &str, payload: &str) {
     let status = Command::new("mosquitto_pub")
         .args([
             "-h",
@@ -33,6 +39,7 @@ fn publish(broker: SocketAddr, topic: &str, payload: &str) {
             "-p",
             &broker.port().to_string(),
         ])
+        .args(extra)
         .args(["-q", "1", "-t", topic, "-m", payload])
         .stdin(Stdio::null())
         .status()
@@ -44,10 +51,16 @@ fn publish(broker: SocketAddr, topic: &str, payload: &str) {
 struct Sub {
     child: Child,
     lines: common::Lines,
+    extra: Vec<String>,
 }
 
 impl Sub {
     fn start(broker: SocketAddr, filter: &str) -> Sub {
+        Sub::start_with(broker, &[], filter)
+    }
+
+    /// A `mosquitto_sub` with `extra` options; `ready` publishes with them too.
+    fn start_with(broker: SocketAddr, extra: &[&str], filter: &str) -> Sub {
         let mut child = Command::new("mosquitto_sub")
             .args([
                 "-h",
@@ -55,6 +68,7 @@ impl Sub {
                 "-p",
                 &broker.port().to_string(),
             ])
+            .args(extra)
             .args(["-q", "1", "-v", "-t", filter])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -63,7 +77,12 @@ impl Sub {
             .expect("mosquitto_sub runs");
         let stdout = child.stdout.take().expect("piped");
         let lines = common::collect_lines(stdout);
-        Sub { child, lines }
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        Sub {
+            child,
+            lines,
+            extra,
+        }
     }
 
     fn has(&self, line: &str) -> bool {
@@ -90,7 +109,8 @@ impl Sub {
         let line = format!("{topic} ready");
         while !self.has(&line) {
             assert!(Instant::now() < deadline, "mosquitto_sub never subscribed");
-            publish(broker, topic, "ready");
+            let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+            publish_with(broker, &extra, topic, "ready");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -135,10 +155,26 @@ struct Mosquitto {
 impl Mosquitto {
     fn start(port: u16) -> Mosquitto {
         let dir = tempfile::tempdir().expect("temp dir");
+        Mosquitto::start_in(
+            dir,
+            port,
+            &format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+        )
+    }
+
+    /// A mosquitto whose config is `listeners` (and whatever goes with them), with its files
+    /// in `dir`; `port` is the one that must listen before it counts as started.
+    fn start_in(dir: tempfile::TempDir, port: u16, listeners: &str) -> Mosquitto {
         let config = dir.path().join("mosquitto.conf");
+        // As root, mosquitto drops to user `mosquitto`, who cannot read the test's files.
+        let root = std::fs::metadata("/proc/self").is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt as _;
+            m.uid() == 0
+        });
+        let user = if root { "user root\n" } else { "" };
         std::fs::write(
             &config,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            format!("{user}persistence false\nlog_dest stderr\n{listeners}"),
         )
         .expect("write the config");
         let child = Command::new(mosquitto_bin())
@@ -180,8 +216,17 @@ impl Drop for Mosquitto {
 
 /// A gateway on ephemeral ports using the external broker at `mqtt`.
 fn gateway_on(mqtt: SocketAddr) -> (Aiot, SocketAddr) {
+    let gateway = external_gateway(mqtt, &[], &[]);
+    let web = gateway.listening("web clients");
+    gateway.wait_for_log(&["MQTT connected"], TIMEOUT);
+    (gateway, web)
+}
+
+/// A gateway on ephemeral ports, client of the external broker at `mqtt` with `extra` flags
+/// and environment, not yet known to be connected.
+fn external_gateway(mqtt: SocketAddr, extra: &[&str], env: &[(&str, &str)]) -> Aiot {
     let port = mqtt.port().to_string();
-    let gateway = Aiot::spawn(&[
+    let mut args = vec![
         "gateway",
         "--bind",
         "127.0.0.1",
@@ -197,10 +242,9 @@ fn gateway_on(mqtt: SocketAddr) -> (Aiot, SocketAddr) {
         "127.0.0.1",
         "--mqtt-port",
         &port,
-    ]);
-    let web = gateway.listening("web clients");
-    gateway.wait_for_log(&["MQTT connected"], TIMEOUT);
-    (gateway, web)
+    ];
+    args.extend_from_slice(extra);
+    Aiot::spawn_env(&args, env)
 }
 
 /// The uid of the node whose `id` is `id`, from a client's stream.
@@ -461,4 +505,216 @@ async fn a_silent_node_goes_out_after_max_time() {
     publish(broker, "node/check", r#"{"id":"quiet"}"#);
     let again = uid_of(&mut client, "quiet").await;
     assert_ne!(again, uid);
+}
+
+#[tokio::test]
+async fn an_mqtt5_node_on_the_embedded_broker_is_discovered_and_its_led_switched() {
+    require("mosquitto_pub");
+    let (gateway, _, web) = common::gateway(None, &["--mqtt5-port", "0"]);
+    let broker = gateway.listening("MQTT 5 clients");
+    assert_ne!(
+        broker,
+        mqtt_addr(&gateway),
+        "one listener per protocol version"
+    );
+    gateway.wait_for_log(&["MQTT connected"], TIMEOUT);
+    let mut client = Peer::client(&format!("ws://{web}/ws")).await;
+    let v5 = ["-V", "mqttv5"];
+
+    let sub = Sub::start_with(broker, &v5, "gateway/#");
+    sub.ready(broker, "gateway/v5node/hello");
+    // The gateway is an MQTT 3.1.1 client; the v5 node's messages reach it through the one
+    // router both listeners share, and the gateway's reach the node.
+    publish_with(broker, &v5, "node/check", r#"{"id":"v5node"}"#);
+    sub.wait_for("gateway/v5node/discover resources", TIMEOUT);
+    let uid = uid_of(&mut client, "v5node").await;
+    publish_with(
+        broker,
+        &v5,
+        "node/v5node/resources",
+        r#"["led","pressure"]"#,
+    );
+    sub.wait_for("gateway/v5node/discover values", TIMEOUT);
+    publish_with(
+        broker,
+        &v5,
+        "node/v5node/pressure",
+        r#"{"value":"1013hPa"}"#,
+    );
+    client
+        .wait_for(TIMEOUT, |m| {
+            common::is_update(m, Some(&uid), "pressure", &json!("1013hPa"))
+        })
+        .await;
+    client
+        .send_json(
+            &json!({"type": "update", "data": {"uid": uid, "endpoint": "led", "payload": "1"}}),
+        )
+        .await;
+    sub.wait_for("gateway/v5node/led/set 1", TIMEOUT);
+    let log = gateway.log_text();
+    assert!(!log.contains("MQTT connection lost"), "{log}");
+}
+
+/// A mosquitto that wants a login: `aiot` with password `right`, from a real password file
+/// (mosquitto_passwd).
+fn mosquitto_with_password() -> Mosquitto {
+    require("mosquitto_passwd");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let passwords = dir.path().join("passwords");
+    let status = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwords)
+        .args(["aiot", "right"])
+        .stdin(Stdio::null())
+        .status()
+        .expect("mosquitto_passwd runs");
+    assert!(status.success(), "mosquitto_passwd failed");
+    let port = free_port();
+    let config = format!(
+        "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
+        passwords.display()
+    );
+    Mosquitto::start_in(dir, port, &config)
+}
+
+#[tokio::test]
+async fn mosquitto_with_a_password_file_refuses_a_wrong_password_and_takes_the_right_one() {
+    require(mosquitto_bin());
+    let mosquitto = mosquitto_with_password();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wrong = dir.path().join("pw-bad");
+    std::fs::write(&wrong, "wrong\n").expect("write");
+    let right = dir.path().join("pw-good");
+    std::fs::write(&right, "right\n").expect("write");
+
+    let refused = external_gateway(
+        mosquitto.addr,
+        &[
+            "--mqtt-username",
+            "aiot",
+            "--mqtt-password-file",
+            wrong.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    let line = refused.wait_for_log(&["refused the login"], TIMEOUT);
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("user name and password"), "{line}");
+    // It keeps trying (the password may be fixed on the broker), and says so only once.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(refused.count_log("refused the login"), 1);
+    assert_eq!(refused.count_log("MQTT connected"), 0);
+    // The password is on no command line.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", refused.pid())).expect("cmdline");
+    assert!(!String::from_utf8_lossy(&cmdline).contains("wrong"));
+
+    // No login at all is refused too.
+    let anonymous = external_gateway(mosquitto.addr, &[], &[]);
+    anonymous.wait_for_log(&["refused the login"], TIMEOUT);
+
+    // The right password, from the file and from the environment: connected, and nodes work.
+    let accepted = external_gateway(
+        mosquitto.addr,
+        &[
+            "--mqtt-username",
+            "aiot",
+            "--mqtt-password-file",
+            right.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
+    accepted.wait_for_log(&["MQTT connected"], TIMEOUT);
+    let from_env = external_gateway(
+        mosquitto.addr,
+        &["--mqtt-username", "aiot"],
+        &[("AIOT_MQTT_PASSWORD", "right")],
+    );
+    from_env.wait_for_log(&["MQTT connected"], TIMEOUT);
+    let web = accepted.listening("web clients");
+    let mut client = Peer::client(&format!("ws://{web}/ws")).await;
+    let login = ["-u", "aiot", "-P", "right"];
+    publish_with(mosquitto.addr, &login, "node/check", r#"{"id":"locked"}"#);
+    uid_of(&mut client, "locked").await;
+    assert!(accepted.log_text().lines().all(|l| !l.contains("refused")));
+}
+
+/// A test CA and a server certificate it signed for 127.0.0.1 and localhost, as PEM files in
+/// `dir`: `<name>-ca.pem`, `<name>-cert.pem`, `<name>-key.pem`.
+fn make_ca(dir: &std::path::Path, name: &str) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("aiot test CA {name}"));
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).expect("CA certificate");
+    let key = KeyPair::generate().expect("server key");
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("server params")
+        .signed_by(&key, &ca)
+        .expect("server certificate");
+    std::fs::write(dir.join(format!("{name}-ca.pem")), ca.pem()).expect("write");
+    std::fs::write(dir.join(format!("{name}-cert.pem")), server.pem()).expect("write");
+    std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).expect("write");
+}
+
+#[tokio::test]
+async fn the_gateway_talks_tls_to_mosquitto_with_the_right_ca_and_refuses_another_ca() {
+    require(mosquitto_bin());
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_ca(dir.path(), "good");
+    make_ca(dir.path(), "other");
+    let path = |name: &str| dir.path().join(name).to_str().expect("utf-8").to_owned();
+    // The gateway on the TLS listener, nodes (mosquitto_pub) on a plain one of the same broker.
+    let (tls_port, plain_port) = (free_port(), free_port());
+    let config = format!(
+        "listener {plain_port} 127.0.0.1\nallow_anonymous true\n\
+         listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+        path("good-ca.pem"),
+        path("good-cert.pem"),
+        path("good-key.pem"),
+    );
+    let files = tempfile::tempdir().expect("temp dir");
+    let mosquitto = Mosquitto::start_in(files, tls_port, &config);
+    let tls_addr: SocketAddr = ([127, 0, 0, 1], tls_port).into();
+    let plain_addr: SocketAddr = ([127, 0, 0, 1], plain_port).into();
+
+    let untrusting = external_gateway(tls_addr, &["--mqtt-ca", &path("other-ca.pem")], &[]);
+    let line = untrusting.wait_for_log(&["TLS certificate is not trusted"], TIMEOUT);
+    assert!(
+        line.contains("ERROR") && line.contains("--mqtt-ca"),
+        "{line}"
+    );
+    // TLS with the system's roots: the test CA is not among them.
+    let system = external_gateway(tls_addr, &["--mqtt-tls"], &[]);
+    system.wait_for_log(&["TLS certificate is not trusted"], TIMEOUT);
+    // Plain MQTT to a TLS listener never gets a ConnAck.
+    let plain = external_gateway(tls_addr, &[], &[]);
+
+    let trusting = external_gateway(tls_addr, &["--mqtt-ca", &path("good-ca.pem")], &[]);
+    trusting.wait_for_log(&["MQTT connected"], TIMEOUT);
+    assert!(trusting.log_text().contains("tls=true"));
+    let web = trusting.listening("web clients");
+    let mut client = Peer::client(&format!("ws://{web}/ws")).await;
+    publish(plain_addr, "node/check", r#"{"id":"secure"}"#);
+    let uid = uid_of(&mut client, "secure").await;
+    let sub = Sub::start(plain_addr, "gateway/secure/#");
+    sub.ready(plain_addr, "gateway/secure/hello");
+    client
+        .send_json(
+            &json!({"type": "update", "data": {"uid": uid, "endpoint": "led", "payload": "0"}}),
+        )
+        .await;
+    sub.wait_for("gateway/secure/led/set 0", TIMEOUT);
+    for gateway in [&untrusting, &system, &plain] {
+        assert_eq!(
+            gateway.count_log("MQTT connected"),
+            0,
+            "{}",
+            gateway.log_text()
+        );
+    }
+    drop(mosquitto);
 }

@@ -7,6 +7,7 @@
 
 mod coap;
 mod load;
+mod mqtt;
 mod procs;
 mod stats;
 
@@ -38,6 +39,9 @@ pub enum Protocol {
     /// CoAP nodes (UDP), each on its own loopback address 127.77.x.y, posting NON to the
     /// gateway's /alive and /server and answering its discovery.
     Coap,
+    /// MQTT nodes (TCP), clients of the gateway's embedded broker, publishing QoS 1 as
+    /// pyaiot's MQTT nodes.
+    Mqtt,
 }
 
 impl Protocol {
@@ -45,6 +49,7 @@ impl Protocol {
         match self {
             Protocol::Websocket => "websocket",
             Protocol::Coap => "CoAP",
+            Protocol::Mqtt => "MQTT",
         }
     }
 }
@@ -101,7 +106,7 @@ pub fn run(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let lab = Lab::new()?;
     // CoAP nodes are bound first: the gateway is told their port.
     let coap_nodes = match args.protocol {
-        Protocol::Websocket => None,
+        Protocol::Websocket | Protocol::Mqtt => None,
         Protocol::Coap => Some(coap::bind(args.nodes)?),
     };
     let Started {
@@ -119,6 +124,18 @@ pub fn run(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
         rate => format!("{} updates/s", count(rate)),
     };
     let load = match (coap_nodes, coap_addr) {
+        _ if args.protocol == Protocol::Mqtt => {
+            let (broker, _) = gateway.listening("MQTT clients", STARTUP_TIMEOUT)?;
+            eprintln!(
+                "aiot bench: {} MQTT nodes -> gateway mqtt://{broker} (embedded broker) -> broker \
+                 ws://{broker_addr}/ws -> {} clients; {plan}, {:.1} s warm-up, {:.1} s measured",
+                args.nodes,
+                args.clients,
+                warmup.as_secs_f64(),
+                duration.as_secs_f64(),
+            );
+            Load::Mqtt { broker }
+        }
         (Some((sockets, port)), Some(gateway)) => {
             eprintln!(
                 "aiot bench: {} CoAP nodes on {}…:{port} -> gateway coap://{gateway} -> broker \
@@ -317,6 +334,9 @@ enum Load {
         sockets: Vec<std::net::UdpSocket>,
         gateway: SocketAddr,
     },
+    Mqtt {
+        broker: SocketAddr,
+    },
 }
 
 /// From spawn to the log line, as this process read it; `[gateway, broker]`.
@@ -362,6 +382,7 @@ async fn drive(
     let required = match load {
         Load::Websocket { .. } => &[][..],
         Load::Coap { .. } => coap::DISCOVERED,
+        Load::Mqtt { .. } => mqtt::DISCOVERED,
     };
 
     let mut clients = JoinSet::new();
@@ -410,6 +431,19 @@ async fn drive(
                     index,
                     args.nodes,
                     socket,
+                    to,
+                    shared.clone(),
+                    plan_rx.clone(),
+                    stop.clone(),
+                ));
+            }
+        }
+        Load::Mqtt { broker: to } => {
+            coap::allow_sockets(args.nodes)?;
+            for index in 0..args.nodes {
+                nodes.spawn(mqtt::node(
+                    index,
+                    args.nodes,
                     to,
                     shared.clone(),
                     plan_rx.clone(),
@@ -714,6 +748,9 @@ impl Report {
                 Protocol::Websocket => "first connect -> every node heard of at the clients",
                 Protocol::Coap => {
                     "first alive -> every node's new, ip, protocol, name, board, os at the clients"
+                }
+                Protocol::Mqtt => {
+                    "first connect -> every node's new, id, protocol, name at the clients"
                 }
             };
             println!(

@@ -7,6 +7,7 @@
 //! It reconnects with backoff and subscribes again after every ConnAck (clean sessions).
 
 pub mod nodes;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct Settings {
     pub host: String,
     pub port: u16,
     pub credentials: Option<(String, String)>,
+    /// TLS to the broker (an external one), with the roots it trusts.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub nodes: nodes::Settings,
     pub check_interval: Duration,
     /// Notified at every ConnAck (a permit is kept if nobody waits): the gateway waits for the
@@ -55,7 +58,11 @@ pub struct Settings {
 /// The embedded broker's settings.
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
+    /// MQTT 3.1.1 clients (the gateway itself among them).
     pub listen: SocketAddr,
+    /// MQTT 5 clients: rumqttd speaks one protocol version per listener, both share the
+    /// router (and so every topic).
+    pub listen_v5: Option<SocketAddr>,
     pub max_connections: usize,
     pub max_payload: usize,
 }
@@ -69,8 +76,8 @@ pub fn reserve(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
-/// Starts the embedded MQTT 3.1.1 broker: rumqttd's router on its own thread, its listener as
-/// an essential task on our runtime.
+/// Starts the embedded MQTT broker: rumqttd's router on its own thread, its listeners (MQTT
+/// 3.1.1, and MQTT 5 if configured) as essential tasks on our runtime.
 pub fn start_broker(supervisor: &Supervisor, settings: BrokerSettings) {
     let router = rumqttd::RouterConfig {
         max_connections: settings.max_connections,
@@ -80,9 +87,9 @@ pub fn start_broker(supervisor: &Supervisor, settings: BrokerSettings) {
         ..Default::default()
     };
     let router_tx = rumqttd::Router::new(0, router).spawn();
-    let server = rumqttd::ServerSettings {
-        name: "aiot-mqtt".into(),
-        listen: settings.listen,
+    let server = |name: &str, listen: SocketAddr| rumqttd::ServerSettings {
+        name: name.into(),
+        listen,
         tls: None,
         next_connection_delay_ms: 0,
         connections: rumqttd::ConnectionSettings {
@@ -95,13 +102,35 @@ pub fn start_broker(supervisor: &Supervisor, settings: BrokerSettings) {
         },
     };
     tracing::info!(role = "gateway", addr = %settings.listen, "listening for MQTT clients (embedded broker, MQTT 3.1.1)");
+    let v4 = rumqttd::Server::new(
+        server("aiot-mqtt", settings.listen),
+        router_tx.clone(),
+        rumqttd::protocol::v4::V4,
+    );
+    serve(supervisor, "mqtt broker", v4);
+    if let Some(listen) = settings.listen_v5 {
+        // Not "MQTT clients": tests and the bench find the 3.1.1 listener by those words.
+        tracing::info!(role = "gateway", addr = %listen, "listening for MQTT 5 clients (embedded broker)");
+        let v5 = rumqttd::Server::new(
+            server("aiot-mqtt5", listen),
+            router_tx,
+            rumqttd::protocol::v5::V5,
+        );
+        serve(supervisor, "mqtt 5 broker", v5);
+    }
+}
+
+/// Runs one rumqttd listener until shutdown; its failure stops the gateway.
+fn serve<P>(supervisor: &Supervisor, name: &'static str, mut server: rumqttd::Server<P>)
+where
+    P: rumqttd::protocol::Protocol + Clone + Send + Sync + 'static,
+{
     let shutdown = supervisor.shutdown_token();
-    supervisor.spawn_essential("mqtt broker", async move {
-        let mut server = rumqttd::Server::new(server, router_tx, rumqttd::protocol::v4::V4);
+    supervisor.spawn_essential(name, async move {
         tokio::select! {
             () = shutdown.cancelled() => Ok(()),
             result = server.start(rumqttd::LinkType::Remote) => {
-                result.map_err(|e| anyhow::anyhow!("the embedded MQTT broker failed: {e}"))
+                result.map_err(|e| anyhow::anyhow!("the embedded MQTT broker ({name}) failed: {e}"))
             }
         }
     });
@@ -209,8 +238,19 @@ async fn run(
     if let Some((user, password)) = &settings.credentials {
         options.set_credentials(user.clone(), password.clone());
     }
+    if let Some(tls) = &settings.tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
     let (client, eventloop) = AsyncClient::new(options, REQUESTS);
-    tracing::info!(broker = %format!("{}:{}", settings.host, settings.port), client_id = %id, "MQTT adapter started");
+    tracing::info!(
+        broker = %format!("{}:{}", settings.host, settings.port),
+        client_id = %id,
+        tls = settings.tls.is_some(),
+        user = settings.credentials.as_ref().map_or("-", |(user, _)| user.as_str()),
+        "MQTT adapter started"
+    );
     let mut state = Loop {
         client,
         nodes: Nodes::new(settings.nodes.clone()),
@@ -222,6 +262,8 @@ async fn run(
     let (links_tx, mut links) = mpsc::channel(LINK_QUEUE);
     supervisor.spawn(drive(eventloop, links_tx, shutdown.clone()));
     let mut connected = false;
+    // The last refusal reported, so that a broker refusing every 10 s logs it once.
+    let mut refused: Option<String> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut check = tokio::time::interval(settings.check_interval);
@@ -240,6 +282,7 @@ async fn run(
                 Link::Connected => {
                     tracing::info!(client_id = %id, "MQTT connected");
                     connected = true;
+                    refused = None;
                     settings.connected.notify_one();
                     let filters = state.nodes.filters();
                     state.subscribe(filters);
@@ -254,7 +297,16 @@ async fn run(
                         tracing::debug!(topic = %mqtt_shorten(&topic), %error, "MQTT message dropped");
                     }
                 }
-                Link::Down(error) => {
+                Link::Down { error, explained: Some(why) } => {
+                    if refused.as_ref() != Some(&why) {
+                        tracing::error!(%error, "{why}; retrying");
+                        refused = Some(why);
+                    } else {
+                        tracing::debug!(%error, "MQTT connection refused again");
+                    }
+                    connected = false;
+                }
+                Link::Down { error, explained: None } => {
                     if connected {
                         tracing::warn!(%error, "MQTT connection lost, reconnecting");
                     } else {
@@ -296,7 +348,11 @@ enum Link {
         topic: String,
         payload: bytes::Bytes,
     },
-    Down(String),
+    Down {
+        error: String,
+        /// Why, for an operator, when waiting alone will not fix it.
+        explained: Option<String>,
+    },
 }
 
 /// Keeps polling rumqttc's event loop (it reconnects on the next poll), backing off after
@@ -321,7 +377,11 @@ async fn drive(
                 },
                 Ok(_) => continue,
                 Err(error) => {
-                    if links.send(Link::Down(error.to_string())).await.is_err() {
+                    let down = Link::Down {
+                        error: error.to_string(),
+                        explained: tls::explain(&error),
+                    };
+                    if links.send(down).await.is_err() {
                         return;
                     }
                     let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
