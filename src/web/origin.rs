@@ -102,7 +102,23 @@ pub fn parse_origin(text: &str) -> Option<(String, String, u16)> {
         return None;
     }
     let (host, port) = split_host_port(rest);
-    if host.is_empty() {
+    let valid_host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => {
+            !v6.is_empty()
+                && v6
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        }
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c))
+        }
+    };
+    // Whatever follows the host must be exactly `:port` (no junk, no leading zeros).
+    let port_len = port.map_or(0, |p| 1 + p.to_string().len());
+    if !valid_host || rest.len() != host.len() + port_len {
         return None;
     }
     let scheme = match scheme {
@@ -259,6 +275,12 @@ mod tests {
             "http://",
             "http://x/path",
             "http://u@x",
+            // Found by the web_headers fuzz target: junk after the host's colon.
+            "wss://8~:\t,",
+            "http://x:80:80",
+            "http://[::1]x",
+            "http://[zz]",
+            "http://x:0080",
         ] {
             assert_eq!(parse_origin(bad), None, "{bad}");
         }
