@@ -45,7 +45,7 @@ pub struct Config {
     pub web: WebConfig,
 }
 
-/// Who may use the web endpoints (`/ws`, `/node`, the login): docs/security-web.md.
+/// Who may use the web endpoints (`/ws`, `/node`, the login): docs/security.md.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebConfig {

@@ -10,7 +10,7 @@
 //! - [`uplink`]: the gateway's robust connection to a central broker.
 //! - [`web`]: listeners, serving, the shared `/ws` client endpoint, the dashboard's files and
 //!   JSON endpoints (`/api/*`, `/healthz`, `/metrics`), socket helpers; who may write (web
-//!   password, login, sessions) and from which origins (docs/security-web.md).
+//!   password, login, sessions) and from which origins (docs/security.md).
 //! - [`runtime`]: the supervisor: named tasks, one shutdown token, drain deadline, signals.
 //! - [`sim`]: simulated nodes for demos, tests and load.
 //! - [`keys`]: pyaiot key files and Fernet tokens.
