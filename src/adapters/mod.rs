@@ -3,5 +3,6 @@
 
 pub mod coap;
 pub mod mqtt;
+pub mod mqttsn;
 pub mod to_hub;
 pub mod ws_node;

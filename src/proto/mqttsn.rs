@@ -1016,9 +1016,7 @@ mod tests {
             (&[2, 0x18], Message::Disconnect { duration: None }),
             (
                 &[4, 0x18, 0, 60],
-                Message::Disconnect {
-                    duration: Some(60),
-                },
+                Message::Disconnect { duration: Some(60) },
             ),
             (
                 &[4, 0x1A, 0x00, b'w'],
@@ -1074,10 +1072,7 @@ mod tests {
         assert_eq!(bytes.len(), 309);
         assert_eq!(Message::decode(&bytes), Ok(message));
         // Accepted for a short message too.
-        assert_eq!(
-            Message::decode(&[0x01, 0, 4, 0x17]),
-            Ok(Message::PingResp)
-        );
+        assert_eq!(Message::decode(&[0x01, 0, 4, 0x17]), Ok(Message::PingResp));
     }
 
     #[test]
@@ -1088,7 +1083,10 @@ mod tests {
         assert_eq!(Message::decode(&[0x01, 0]), Err(TooShort(2)));
         assert!(matches!(
             Message::decode(&[3, 0x17]),
-            Err(LengthMismatch { field: 3, actual: 2 })
+            Err(LengthMismatch {
+                field: 3,
+                actual: 2
+            })
         ));
         assert_eq!(Message::decode(&[1, 0x17]), Err(TooShort(2)));
         assert!(matches!(
@@ -1195,8 +1193,7 @@ mod tests {
     }
 
     fn random_will(rng: &mut fastrand::Rng) -> Option<(Flags, String)> {
-        rng.bool()
-            .then(|| (any_flags(rng), random_string(rng, 30)))
+        rng.bool().then(|| (any_flags(rng), random_string(rng, 30)))
     }
 
     fn random_message(rng: &mut fastrand::Rng, outer: bool) -> Message {
@@ -1248,9 +1245,15 @@ mod tests {
                 msg_id: rng.u16(..),
                 code: random_code(rng),
             },
-            13 => Message::PubRec { msg_id: rng.u16(..) },
-            14 => Message::PubRel { msg_id: rng.u16(..) },
-            15 => Message::PubComp { msg_id: rng.u16(..) },
+            13 => Message::PubRec {
+                msg_id: rng.u16(..),
+            },
+            14 => Message::PubRel {
+                msg_id: rng.u16(..),
+            },
+            15 => Message::PubComp {
+                msg_id: rng.u16(..),
+            },
             16 | 17 => {
                 let (id_type, topic) = random_topic(rng);
                 let flags = random_flags(rng, id_type);
@@ -1275,7 +1278,9 @@ mod tests {
                 msg_id: rng.u16(..),
                 code: random_code(rng),
             },
-            19 => Message::UnsubAck { msg_id: rng.u16(..) },
+            19 => Message::UnsubAck {
+                msg_id: rng.u16(..),
+            },
             20 => Message::PingReq {
                 client_id: rng.bool().then(|| random_string(rng, MAX_CLIENT_ID)),
             },
