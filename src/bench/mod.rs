@@ -7,6 +7,7 @@
 
 mod coap;
 mod load;
+mod mqttsn;
 mod procs;
 mod stats;
 
@@ -38,6 +39,8 @@ pub enum Protocol {
     /// CoAP nodes (UDP), each on its own loopback address 127.77.x.y, posting NON to the
     /// gateway's /alive and /server and answering its discovery.
     Coap,
+    /// MQTT-SN nodes (UDP) publishing through the gateway's MQTT-SN gateway and its broker.
+    Mqttsn,
 }
 
 impl Protocol {
@@ -45,6 +48,7 @@ impl Protocol {
         match self {
             Protocol::Websocket => "websocket",
             Protocol::Coap => "CoAP",
+            Protocol::Mqttsn => "MQTT-SN",
         }
     }
 }
@@ -101,7 +105,7 @@ pub fn run(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let lab = Lab::new()?;
     // CoAP nodes are bound first: the gateway is told their port.
     let coap_nodes = match args.protocol {
-        Protocol::Websocket => None,
+        Protocol::Websocket | Protocol::Mqttsn => None,
         Protocol::Coap => Some(coap::bind(args.nodes)?),
     };
     let Started {
@@ -119,6 +123,9 @@ pub fn run(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
         rate => format!("{} updates/s", count(rate)),
     };
     let load = match (coap_nodes, coap_addr) {
+        _ if args.protocol == Protocol::Mqttsn => {
+            mqttsn_load(&args, &gateway, &plan, warmup, duration, broker_addr)?
+        }
         (Some((sockets, port)), Some(gateway)) => {
             eprintln!(
                 "aiot bench: {} CoAP nodes on {}…:{port} -> gateway coap://{gateway} -> broker \
@@ -257,6 +264,10 @@ fn start_roles(
             "127.0.0.1",
             "--mqtt-port",
             "0",
+            "--mqttsn-bind",
+            "127.0.0.1",
+            "--mqttsn-port",
+            "0",
         ],
         None => &[
             "--coap-port",
@@ -264,6 +275,10 @@ fn start_roles(
             "--mqtt-bind",
             "127.0.0.1",
             "--mqtt-port",
+            "0",
+            "--mqttsn-bind",
+            "127.0.0.1",
+            "--mqttsn-port",
             "0",
         ],
     };
@@ -317,6 +332,34 @@ enum Load {
         sockets: Vec<std::net::UdpSocket>,
         gateway: SocketAddr,
     },
+    Mqttsn {
+        sockets: Vec<std::net::UdpSocket>,
+        gateway: SocketAddr,
+    },
+}
+
+/// The MQTT-SN nodes' load, aimed at the gateway's MQTT-SN socket.
+fn mqttsn_load(
+    args: &BenchArgs,
+    gateway: &Proc,
+    plan: &str,
+    warmup: Duration,
+    duration: Duration,
+    broker_addr: SocketAddr,
+) -> anyhow::Result<Load> {
+    let (to, _) = gateway.listening("MQTT-SN clients", STARTUP_TIMEOUT)?;
+    eprintln!(
+        "aiot bench: {} MQTT-SN nodes -> gateway mqttsn://{to} -> embedded MQTT broker -> gateway -> broker \
+         ws://{broker_addr}/ws -> {} clients; {plan}, {:.1} s warm-up, {:.1} s measured",
+        args.nodes,
+        args.clients,
+        warmup.as_secs_f64(),
+        duration.as_secs_f64(),
+    );
+    Ok(Load::Mqttsn {
+        sockets: mqttsn::bind(args.nodes)?,
+        gateway: to,
+    })
 }
 
 /// From spawn to the log line, as this process read it; `[gateway, broker]`.
@@ -362,6 +405,7 @@ async fn drive(
     let required = match load {
         Load::Websocket { .. } => &[][..],
         Load::Coap { .. } => coap::DISCOVERED,
+        Load::Mqttsn { .. } => mqttsn::DISCOVERED,
     };
 
     let mut clients = JoinSet::new();
@@ -409,6 +453,24 @@ async fn drive(
                 nodes.spawn(coap::node(
                     index,
                     args.nodes,
+                    socket,
+                    to,
+                    shared.clone(),
+                    plan_rx.clone(),
+                    stop.clone(),
+                ));
+            }
+        }
+        Load::Mqttsn {
+            sockets,
+            gateway: to,
+        } => {
+            let prefix = format!("bsn{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+            for (index, socket) in sockets.into_iter().enumerate() {
+                nodes.spawn(mqttsn::node(
+                    index,
+                    args.nodes,
+                    prefix.clone(),
                     socket,
                     to,
                     shared.clone(),
@@ -693,7 +755,7 @@ impl Report {
             );
         }
         println!("  drain after sending stopped    {:>12}", ms(self.drained));
-        if args.protocol == Protocol::Coap {
+        if matches!(args.protocol, Protocol::Coap | Protocol::Mqttsn) {
             if let Some((overflows, errors)) = self.udp_drops {
                 println!(
                     "  UDP receive buffer overflows   {:>12}   (machine-wide, in the window; {} receive errors)",
@@ -714,6 +776,9 @@ impl Report {
                 Protocol::Websocket => "first connect -> every node heard of at the clients",
                 Protocol::Coap => {
                     "first alive -> every node's new, ip, protocol, name, board, os at the clients"
+                }
+                Protocol::Mqttsn => {
+                    "first node/check -> every node's id, protocol, name at the clients"
                 }
             };
             println!(
