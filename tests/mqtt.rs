@@ -197,6 +197,8 @@ fn gateway_on(mqtt: SocketAddr) -> (Aiot, SocketAddr) {
         "127.0.0.1",
         "--mqtt-port",
         &port,
+        "--mqttsn-port",
+        "0",
     ]);
     let web = gateway.listening("web clients");
     gateway.wait_for_log(&["MQTT connected"], TIMEOUT);
