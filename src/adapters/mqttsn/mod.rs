@@ -36,6 +36,8 @@ const UP_QUEUE: usize = 4096;
 const REQUESTS: usize = 64;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How long a cleanly disconnecting MQTT connection may take to send its DISCONNECT.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -192,10 +194,14 @@ impl Loop {
             }
             Upstream::Disconnect => {
                 if let Some(conn) = self.connections.remove(&connection) {
-                    // The driver ends once the DISCONNECT is out (or after a grace period).
-                    if conn.client.try_disconnect().is_err() {
-                        conn.task.abort();
-                    }
+                    // The driver ends once the DISCONNECT is out; a connection that never got
+                    // up (or a full queue) is cut after a grace period all the same.
+                    let _ = conn.client.try_disconnect();
+                    let task = conn.task;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(DISCONNECT_GRACE).await;
+                        task.abort();
+                    });
                 }
             }
             Upstream::Will(will) => {
@@ -402,6 +408,8 @@ async fn drive(
             }
             Ok(_) => continue,
             Err(rumqttc::ConnectionError::ConnectionRefused(_)) => UpEvent::Refused,
+            // The loop dropped the request handle: this connection is no longer wanted.
+            Err(rumqttc::ConnectionError::RequestsDone) => return,
             Err(error) => {
                 tracing::debug!(connection, %error, "MQTT-SN client's MQTT connection failed, retrying");
                 if events.send((connection, UpEvent::Down)).await.is_err() {
