@@ -89,9 +89,42 @@ pub fn start(
 ) {
     if let Ok(addr) = socket.local_addr() {
         tracing::info!(role = "gateway", %addr, "listening for MQTT-SN clients (UDP)");
+        supervisor.add_probe(probe(addr));
     }
     let shutdown = supervisor.shutdown_token();
     supervisor.spawn(run(socket, settings, metrics, shutdown));
+}
+
+/// For systemd's watchdog: the socket loop answers SEARCHGW with GWINFO.
+fn probe(addr: SocketAddr) -> crate::runtime::notify::Probe {
+    let addr = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    };
+    crate::runtime::notify::Probe::new(format!("MQTT-SN at {addr}"), move || async move {
+        let local: SocketAddr = if addr.is_ipv6() {
+            (Ipv6Addr::LOCALHOST, 0).into()
+        } else {
+            (Ipv4Addr::LOCALHOST, 0).into()
+        };
+        let socket = UdpSocket::bind(local)
+            .await
+            .map_err(|e| format!("bind: {e}"))?;
+        socket
+            .send_to(&Message::SearchGw { radius: 0 }.encode(), addr)
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut answer = [0u8; 64];
+        let (n, _) = socket
+            .recv_from(&mut answer)
+            .await
+            .map_err(|e| format!("receive: {e}"))?;
+        match Message::decode(&answer[..n]) {
+            Ok(Message::GwInfo { .. }) => Ok(()),
+            _ => Err("no GWINFO to a SEARCHGW".into()),
+        }
+    })
 }
 
 /// One client's MQTT connection: its request handle, its will (changed by WILLTOPICUPD and
