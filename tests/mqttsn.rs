@@ -374,3 +374,45 @@ async fn aiot_node_mqttsn_shows_up_with_its_seven_resources() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn the_default_bind_serves_ipv6_and_ipv4_clients() {
+    let gateway = Aiot::spawn(&[
+        "gateway",
+        "--bind",
+        "127.0.0.1",
+        "--gateway-port",
+        "0",
+        "--web-port",
+        "0",
+        "--coap-bind",
+        "127.0.0.1",
+        "--coap-port",
+        "0",
+        "--mqtt-bind",
+        "127.0.0.1",
+        "--mqtt-port",
+        "0",
+        "--mqttsn-bind",
+        "::",
+        "--mqttsn-port",
+        "0",
+    ]);
+    let sn = mqttsn_addr(&gateway);
+    assert!(sn.is_ipv6() && sn.ip().is_unspecified(), "{sn}");
+    gateway.wait_for_log(&["MQTT connected"], TIMEOUT);
+    for (host, id) in [("::1", "v6"), ("127.0.0.1", "v4")] {
+        let probe = Python::start(
+            "probe",
+            SocketAddr::new(host.parse().expect("address"), sn.port()),
+            &["--id", id],
+        );
+        let results = probe.wait_for(Duration::from_secs(30), |v| v.get("gwinfo").is_some());
+        assert_eq!(results["connack"], 0, "{host}: {results}");
+        assert_eq!(
+            results["short_back"],
+            json!(["sn", "hi"]),
+            "{host}: {results}"
+        );
+    }
+}
