@@ -216,6 +216,15 @@ impl Clients {
         client_id: String,
         now: Instant,
     ) {
+        // A retransmitted CONNECT (the broker's answer is slow) is not a new session: the
+        // CONNACK comes when the broker answers.
+        if let Some((_, session)) = self.by_peer.get(&peer)
+            && session.is_connecting()
+            && session.client_id() == client_id
+        {
+            tracing::debug!(%peer, client = %client_id, "MQTT-SN CONNECT again while connecting, ignored");
+            return;
+        }
         // A new CONNECT from the same address starts over; the same client id elsewhere
         // takes over (as the broker would do with the MQTT connection).
         let same_id = self
@@ -420,6 +429,9 @@ mod tests {
             datagram: vec![3, 0x05, 1]
         }));
         assert_eq!(c.len(), 2);
+        // A retransmitted CONNECT while the broker has not answered yet changes nothing.
+        c.handle_datagram(peer(2), &connect("b"), now);
+        assert!(drain(&mut c).is_empty());
         // Client "a" from a new address replaces the old session.
         c.handle_datagram(peer(4), &connect("a"), now);
         let events = drain(&mut c);

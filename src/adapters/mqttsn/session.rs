@@ -201,6 +201,11 @@ impl Session {
         self.state == State::Active
     }
 
+    /// Waiting for the broker's answer to the client's MQTT connection.
+    pub fn is_connecting(&self) -> bool {
+        self.state == State::Connecting
+    }
+
     pub fn poll(&mut self) -> Option<Output> {
         self.out.pop_front()
     }
