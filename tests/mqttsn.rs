@@ -416,3 +416,24 @@ async fn the_default_bind_serves_ipv6_and_ipv4_clients() {
         );
     }
 }
+
+#[tokio::test]
+async fn advertise_goes_where_configured() {
+    let listener = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    listener.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = common::config_file(
+        &dir,
+        &format!(
+            "[mqttsn]\ngateway_id = 7\nadvertise_to = \"{}\"\nadvertise_interval_secs = 60\n",
+            listener.local_addr().expect("addr")
+        ),
+    );
+    let (gateway, _, _) = common::gateway(None, &["--config", &config]);
+    let sn = mqttsn_addr(&gateway);
+    let mut datagram = [0u8; 64];
+    let (n, from) = listener.recv_from(&mut datagram).expect("an ADVERTISE");
+    assert_eq!(from.port(), sn.port());
+    // Length 5, ADVERTISE, gateway id 7, duration 60 s (MQTT-SN 1.2 §5.4.1).
+    assert_eq!(&datagram[..n], &[5, 0x00, 7, 0, 60]);
+}
