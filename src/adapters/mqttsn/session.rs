@@ -565,7 +565,8 @@ impl Session {
     /// A message the broker has for the client. Returns false if it was dropped (the
     /// client's queue or topic table is full).
     pub fn deliver(&mut self, topic: &str, payload: Vec<u8>, qos: u8, now: Instant) -> bool {
-        if self.state != State::Active {
+        // An empty name cannot be registered (found by fuzzing; brokers never send one).
+        if self.state != State::Active || topic.is_empty() {
             return false;
         }
         let qos = match self
@@ -995,6 +996,8 @@ mod tests {
         );
         assert!(matches!(&out[1], Output::Up(Upstream::Publish { topic, .. }) if topic == "ab"));
         assert!(s.deliver("ab", b"z".to_vec(), 0, now));
+        // No REGISTER of an empty name (a fuzzing find).
+        assert!(!s.deliver("", b"z".to_vec(), 0, now));
         assert!(matches!(
             &drain(&mut s)[..],
             [Output::Send(Message::Publish { flags, .. })] if flags.topic_id_type == 2
