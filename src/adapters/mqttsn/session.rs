@@ -592,8 +592,10 @@ impl Session {
                 None => return false,
             }
         };
+        // A REGISTER takes two places (it, and the publish waiting for its REGACK).
+        let needed = if register { 2 } else { usize::from(qos == 1) };
         let busy = self.inflight.len() + self.waiting.len();
-        if (qos == 1 || register) && busy >= self.limits.max_inflight {
+        if busy + needed > self.limits.max_inflight {
             if register {
                 self.forget_topic(topic_id);
             }
@@ -891,6 +893,18 @@ mod tests {
             out[1],
             Output::Send(Message::SubAck { topic_id: 0, .. })
         ));
+        // Two places are needed (REGISTER and the publish after it): none while the LED
+        // publish waits for its PUBACK.
+        assert!(!s.deliver("gateway/n1/discover", b"values".to_vec(), 1, now));
+        assert_eq!(s.held(), (1, 1));
+        s.handle(
+            Message::PubAck {
+                topic_id: led,
+                msg_id: 1,
+                code: ReturnCode::Accepted,
+            },
+            now,
+        );
         assert!(s.deliver("gateway/n1/discover", b"values".to_vec(), 1, now));
         let out = drain(&mut s);
         let [
