@@ -11,7 +11,8 @@ use crate::adapters::coap;
 use crate::broker::{self, BrokerSettings};
 use crate::cli::{
     BrokerArgs, Cli, CoapNodeArgs, Command, ConfigCommand, DashboardArgs, DemoArgs, GatewayArgs,
-    KeysCommand, LookArgs, MqttNodeArgs, NodeCommand, PasswordCommand, WebAuthArgs, WsNodeArgs,
+    KeysCommand, LookArgs, MqttNodeArgs, MqttSnNodeArgs, NodeCommand, PasswordCommand, WebAuthArgs,
+    WsNodeArgs,
 };
 use crate::config::{Config, DEFAULT_TOML};
 use crate::gateway::{self, GatewayListeners, GatewaySettings};
@@ -110,6 +111,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Node(NodeCommand::Ws(args)) => start_ws_nodes(&supervisor, args)?,
             Command::Node(NodeCommand::Coap(args)) => start_coap_nodes(&supervisor, args).await?,
             Command::Node(NodeCommand::Mqtt(args)) => start_mqtt_nodes(&supervisor, args)?,
+            Command::Node(NodeCommand::Mqttsn(args)) => {
+                start_mqttsn_nodes(&supervisor, args).await?
+            }
             Command::Dashboard(args) => start_dashboard(&supervisor, config, args).await?,
             Command::Demo(args) => start_demo(&supervisor, config, args).await?,
             Command::Config(_) | Command::Keys(_) | Command::Password(_) | Command::Bench(_) => {
@@ -313,6 +317,8 @@ async fn start_gateway(
     if args.mqtt5_port.is_some() {
         config.mqtt.v5_port = args.mqtt5_port;
     }
+    config.mqttsn.port = args.mqttsn_port.unwrap_or(config.mqttsn.port);
+    config.mqttsn.bind = args.mqttsn_bind.unwrap_or(config.mqttsn.bind);
     config.uplink.broker_port = args.broker_port.unwrap_or(config.uplink.broker_port);
     if args.broker_host.is_some() {
         config.uplink.broker_host = args.broker_host;
@@ -351,6 +357,7 @@ async fn start_gateway(
         .as_ref()
         .filter(|m| m.broker.is_some())
         .map(|m| m.adapter.connected.clone());
+    let mqttsn = mqttsn_settings(&config, mqtt.as_ref())?;
     let listeners = GatewayListeners {
         node: web::bind(config.gateway.bind, config.gateway.gateway_port).await?,
         web: web::bind(config.gateway.bind, config.gateway.web_port).await?,
@@ -359,7 +366,7 @@ async fn start_gateway(
             None => None,
         },
     };
-    gateway::start(
+    let gateway = gateway::start(
         supervisor,
         listeners,
         GatewaySettings {
@@ -373,6 +380,9 @@ async fn start_gateway(
             web: web_security,
         },
     )?;
+    if let Some((socket, settings)) = mqttsn {
+        crate::adapters::mqttsn::start(supervisor, socket, settings, gateway.hub.metrics().clone());
+    }
     if let Some(connected) = mqtt_connected {
         // The embedded broker listens once the adapter got in: only then is the gateway up.
         tokio::time::timeout(Duration::from_secs(10), connected.notified())
@@ -455,6 +465,47 @@ fn mqtt_settings(config: &Config) -> anyhow::Result<Option<gateway::GatewayMqtt>
         },
         broker,
     }))
+}
+
+/// The MQTT-SN gateway's bound socket and settings, `None` if it is disabled. It bridges into
+/// the broker the MQTT adapter uses (config.check refuses MQTT-SN without MQTT).
+fn mqttsn_settings(
+    config: &Config,
+    mqtt: Option<&gateway::GatewayMqtt>,
+) -> anyhow::Result<Option<(tokio::net::UdpSocket, crate::adapters::mqttsn::Settings)>> {
+    use crate::adapters::mqttsn;
+    let section = &config.mqttsn;
+    let Some(mqtt) = mqtt.filter(|_| section.enabled) else {
+        return Ok(None);
+    };
+    let socket = mqttsn::bind(section.bind, section.port)?;
+    let predefined = section
+        .predefined
+        .iter()
+        .map(|p| (p.id, p.topic.clone()))
+        .collect();
+    let settings = mqttsn::Settings {
+        clients: mqttsn::clients::Settings {
+            gateway_id: section.gateway_id,
+            max_clients: section.max_clients,
+            max_datagram: section.max_datagram_bytes,
+            limits: mqttsn::session::Limits {
+                max_topics: section.max_topics_per_client,
+                max_keep_alive: Duration::from_secs(section.max_keep_alive_secs),
+                retry: Duration::from_secs(section.retry_secs),
+                retries: section.retries,
+                ..Default::default()
+            },
+            predefined: std::sync::Arc::new(predefined),
+        },
+        broker_host: mqtt.adapter.host.clone(),
+        broker_port: mqtt.adapter.port,
+        credentials: mqtt.adapter.credentials.clone(),
+        advertise: section
+            .advertise_to
+            .map(|to| (to, Duration::from_secs(section.advertise_interval_secs))),
+    };
+    Ok(Some((socket, settings)))
 }
 
 /// The CoAP adapter's settings, `None` if it is disabled. Resolves the interface name.
@@ -613,6 +664,27 @@ fn start_mqtt_nodes(supervisor: &Supervisor, args: MqttNodeArgs) -> anyhow::Resu
     Ok(())
 }
 
+async fn start_mqttsn_nodes(supervisor: &Supervisor, args: MqttSnNodeArgs) -> anyhow::Result<()> {
+    let gateway = tokio::net::lookup_host((args.gateway_host.as_str(), args.gateway_port))
+        .await
+        .with_context(|| format!("cannot resolve the gateway {}", args.gateway_host))?
+        .next()
+        .with_context(|| format!("the gateway {} has no address", args.gateway_host))?;
+    if args.keep_alive < 3 {
+        anyhow::bail!("--keep-alive must be at least 3 seconds");
+    }
+    sim::mqttsn::start(
+        supervisor,
+        sim::mqttsn::MqttSnNodes {
+            gateway,
+            count: args.count,
+            interval: interval(args.interval)?,
+            keep_alive: args.keep_alive,
+        },
+    );
+    Ok(())
+}
+
 async fn start_demo(
     supervisor: &Supervisor,
     mut config: Config,
@@ -651,6 +723,13 @@ async fn start_demo(
         .as_ref()
         .and_then(|m| m.broker.as_ref())
         .map(|b| b.listen);
+    config.mqttsn.bind = loopback;
+    config.mqttsn.port = args.mqttsn_port;
+    let mqttsn = mqttsn_settings(&config, mqtt.as_ref())?;
+    let mqttsn_addr = match &mqttsn {
+        Some((socket, _)) => Some(socket.local_addr()?),
+        None => None,
+    };
     let listeners = GatewayListeners {
         node: web::bind(loopback, args.gateway_port).await?,
         web: web::bind(loopback, args.web_port).await?,
@@ -689,7 +768,7 @@ async fn start_demo(
         _ => None,
     };
     let uplink = uplink_settings(&config, &format!("ws://{broker_addr}/gw"), keys)?;
-    gateway::start(
+    let gateway = gateway::start(
         supervisor,
         listeners,
         GatewaySettings {
@@ -705,6 +784,20 @@ async fn start_demo(
     )?;
     if let Some((nodes, sockets)) = coap_nodes {
         sim::coap::start(supervisor, nodes, sockets);
+    }
+    if let Some((socket, settings)) = mqttsn {
+        crate::adapters::mqttsn::start(supervisor, socket, settings, gateway.hub.metrics().clone());
+    }
+    if let Some(gateway) = mqttsn_addr.filter(|_| args.mqttsn_nodes > 0) {
+        sim::mqttsn::start(
+            supervisor,
+            sim::mqttsn::MqttSnNodes {
+                gateway,
+                count: args.mqttsn_nodes,
+                interval: interval(args.interval)?,
+                keep_alive: 60,
+            },
+        );
     }
     if let Some(addr) = mqtt_addr.filter(|_| args.mqtt_nodes > 0) {
         sim::mqtt::start(
@@ -737,6 +830,7 @@ async fn start_demo(
          \x20 websocket nodes    ws://{node_addr}/node  ({} simulated nodes with LED, temperature, pressure)\n\
          \x20 CoAP nodes         {}  ({} simulated nodes on 127.0.100.x)\n\
          \x20 MQTT nodes         {}  ({} simulated nodes, embedded broker)\n\
+         \x20 MQTT-SN nodes      {}  ({} simulated nodes, UDP)\n\
          Open a dashboard in a browser; press Ctrl-C to stop.",
         args.nodes,
         coap_addr.map_or_else(|| "disabled".to_owned(), |a| format!("coap://{a}")),
@@ -748,6 +842,12 @@ async fn start_demo(
         mqtt_addr.map_or_else(|| "disabled".to_owned(), |a| format!("mqtt://{a}")),
         if mqtt_addr.is_some() {
             args.mqtt_nodes
+        } else {
+            0
+        },
+        mqttsn_addr.map_or_else(|| "disabled".to_owned(), |a| format!("mqttsn://{a}")),
+        if mqttsn_addr.is_some() {
+            args.mqttsn_nodes
         } else {
             0
         },

@@ -213,6 +213,12 @@ pub struct GatewayArgs {
     /// free one).
     #[arg(long)]
     pub mqtt5_port: Option<u16>,
+    /// UDP port of the MQTT-SN gateway (default 1885; 0 picks a free one).
+    #[arg(long)]
+    pub mqttsn_port: Option<u16>,
+    /// Address the MQTT-SN gateway binds ("::" takes IPv4 too).
+    #[arg(long)]
+    pub mqttsn_bind: Option<IpAddr>,
     #[command(flatten)]
     pub look: LookArgs,
     /// Connect to --broker-host over wss:// (a wss:// --broker-url says it itself).
@@ -245,6 +251,28 @@ pub enum NodeCommand {
     /// MQTT nodes with the resources of pyaiot's mqtt-test-node (name, os, ip, board, led,
     /// temperature, pressure), clients of a gateway's MQTT broker.
     Mqtt(MqttNodeArgs),
+    /// MQTT-SN nodes (as RIOT's emcute speaks it, over UDP) with the resources of pyaiot's
+    /// mqtt-test-node, clients of a gateway's MQTT-SN gateway.
+    Mqttsn(MqttSnNodeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MqttSnNodeArgs {
+    /// The MQTT-SN gateway's address (an IP address or a host name).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub gateway_host: String,
+    /// The MQTT-SN gateway's UDP port.
+    #[arg(long, default_value_t = 1885)]
+    pub gateway_port: u16,
+    /// How many nodes.
+    #[arg(long, default_value_t = 1)]
+    pub count: usize,
+    /// Seconds between temperature readings (pressure: twice this).
+    #[arg(long, default_value_t = 5.0)]
+    pub interval: f64,
+    /// The keep-alive the nodes ask for, in seconds (they ping at a third of it).
+    #[arg(long, default_value_t = 60)]
+    pub keep_alive: u16,
 }
 
 #[derive(Debug, Args)]
@@ -406,6 +434,12 @@ pub struct DemoArgs {
     /// Simulated MQTT nodes, clients of the gateway's embedded broker.
     #[arg(long, default_value_t = 1)]
     pub mqtt_nodes: usize,
+    /// The gateway's MQTT-SN UDP port; 0 picks a free one.
+    #[arg(long, default_value_t = 1885)]
+    pub mqttsn_port: u16,
+    /// Simulated MQTT-SN nodes, clients of the gateway's MQTT-SN gateway.
+    #[arg(long, default_value_t = 1)]
+    pub mqttsn_nodes: usize,
     /// Seconds between readings.
     #[arg(long, default_value_t = 2.0)]
     pub interval: f64,

@@ -43,6 +43,63 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub tls: TlsConfig,
     pub web: WebConfig,
+    pub mqttsn: MqttSnConfig,
+}
+
+/// The gateway's MQTT-SN gateway (docs/mqttsn.md): UDP, bridged into the MQTT broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttSnConfig {
+    pub enabled: bool,
+    pub bind: IpAddr,
+    pub port: u16,
+    pub gateway_id: u8,
+    pub max_clients: usize,
+    pub max_topics_per_client: usize,
+    pub max_datagram_bytes: usize,
+    pub max_keep_alive_secs: u64,
+    pub retry_secs: u64,
+    pub retries: u32,
+    pub advertise_to: Option<std::net::SocketAddr>,
+    pub advertise_interval_secs: u64,
+    pub predefined: Vec<PredefinedTopic>,
+}
+
+/// A topic id every MQTT-SN client may use without registering it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredefinedTopic {
+    pub id: u16,
+    pub topic: String,
+}
+
+impl Default for MqttSnConfig {
+    fn default() -> Self {
+        MqttSnConfig {
+            enabled: true,
+            bind: ANY,
+            port: 1885,
+            gateway_id: 1,
+            max_clients: 1000,
+            max_topics_per_client: 64,
+            max_datagram_bytes: 1280,
+            max_keep_alive_secs: 3600,
+            retry_secs: 10,
+            retries: 3,
+            advertise_to: None,
+            advertise_interval_secs: 900,
+            predefined: vec![
+                PredefinedTopic {
+                    id: 1,
+                    topic: crate::proto::mqtt::NODE_CHECK.into(),
+                },
+                PredefinedTopic {
+                    id: 2,
+                    topic: crate::proto::mqtt::GATEWAY_CHECK.into(),
+                },
+            ],
+        }
+    }
 }
 
 /// Who may use the web endpoints (`/ws`, `/node`, the login): docs/security.md.
@@ -439,6 +496,20 @@ impl Config {
                 u64::from(self.web.client_messages_per_sec),
             ),
             ("web.max_write_bytes", self.web.max_write_bytes as u64),
+            ("mqttsn.max_clients", self.mqttsn.max_clients as u64),
+            (
+                "mqttsn.max_topics_per_client",
+                self.mqttsn.max_topics_per_client as u64,
+            ),
+            (
+                "mqttsn.max_keep_alive_secs",
+                self.mqttsn.max_keep_alive_secs,
+            ),
+            ("mqttsn.retry_secs", self.mqttsn.retry_secs),
+            (
+                "mqttsn.advertise_interval_secs",
+                self.mqttsn.advertise_interval_secs,
+            ),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(format!("{key} must be greater than 0"));
@@ -483,6 +554,7 @@ impl Config {
         {
             return Err("mqtt.v5_port must differ from mqtt.port".into());
         }
+        self.check_mqttsn()?;
         if self.limits.max_frame_bytes < 1024 {
             return Err("limits.max_frame_bytes must be at least 1024".into());
         }
@@ -502,6 +574,38 @@ impl Config {
             return Err("tls.client_ca needs tls.cert and tls.key (--tls-cert, --tls-key)".into());
         }
         self.web.check()?;
+        Ok(())
+    }
+
+    fn check_mqttsn(&self) -> Result<(), String> {
+        let section = &self.mqttsn;
+        if !section.enabled {
+            return Ok(());
+        }
+        if !self.mqtt.enabled {
+            return Err(
+                "mqttsn needs the MQTT side (it bridges into the MQTT broker): set mqtt.enabled = true or mqttsn.enabled = false"
+                    .into(),
+            );
+        }
+        if !(64..=65_535).contains(&section.max_datagram_bytes) {
+            return Err("mqttsn.max_datagram_bytes must be between 64 and 65535".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for predefined in &section.predefined {
+            if predefined.id == 0 || predefined.id == 0xFFFF || !seen.insert(predefined.id) {
+                return Err(format!(
+                    "mqttsn.predefined: topic id {} is reserved or used twice",
+                    predefined.id
+                ));
+            }
+            if predefined.topic.is_empty() || predefined.topic.contains(['+', '#']) {
+                return Err(format!(
+                    "mqttsn.predefined: {:?} is not a topic name",
+                    predefined.topic
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -21,10 +21,12 @@ pub enum Channel {
     Coap,
     /// MQTT messages between a gateway and its MQTT broker.
     Mqtt,
+    /// MQTT-SN datagrams on a gateway's UDP socket.
+    MqttSn,
 }
 
 impl Channel {
-    const COUNT: usize = 6;
+    const COUNT: usize = 7;
     const ALL: [Channel; Channel::COUNT] = [
         Channel::WebSocketNode,
         Channel::Gateway,
@@ -32,6 +34,7 @@ impl Channel {
         Channel::Uplink,
         Channel::Coap,
         Channel::Mqtt,
+        Channel::MqttSn,
     ];
 
     fn label(self) -> &'static str {
@@ -42,6 +45,7 @@ impl Channel {
             Channel::Uplink => "uplink",
             Channel::Coap => "coap",
             Channel::Mqtt => "mqtt",
+            Channel::MqttSn => "mqttsn",
         }
     }
 }

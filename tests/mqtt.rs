@@ -242,6 +242,8 @@ fn external_gateway(mqtt: SocketAddr, extra: &[&str], env: &[(&str, &str)]) -> A
         "127.0.0.1",
         "--mqtt-port",
         &port,
+        "--mqttsn-port",
+        "0",
     ];
     args.extend_from_slice(extra);
     Aiot::spawn_env(&args, env)

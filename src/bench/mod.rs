@@ -8,6 +8,7 @@
 mod coap;
 mod load;
 mod mqtt;
+mod mqttsn;
 mod procs;
 mod stats;
 
@@ -42,6 +43,8 @@ pub enum Protocol {
     /// MQTT nodes (TCP), clients of the gateway's embedded broker, publishing QoS 1 as
     /// pyaiot's MQTT nodes.
     Mqtt,
+    /// MQTT-SN nodes (UDP) publishing through the gateway's MQTT-SN gateway and its broker.
+    Mqttsn,
 }
 
 impl Protocol {
@@ -50,6 +53,7 @@ impl Protocol {
             Protocol::Websocket => "websocket",
             Protocol::Coap => "CoAP",
             Protocol::Mqtt => "MQTT",
+            Protocol::Mqttsn => "MQTT-SN",
         }
     }
 }
@@ -106,7 +110,7 @@ pub fn run(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
     let lab = Lab::new()?;
     // CoAP nodes are bound first: the gateway is told their port.
     let coap_nodes = match args.protocol {
-        Protocol::Websocket | Protocol::Mqtt => None,
+        Protocol::Websocket | Protocol::Mqtt | Protocol::Mqttsn => None,
         Protocol::Coap => Some(coap::bind(args.nodes)?),
     };
     let Started {
@@ -135,6 +139,9 @@ pub fn run(args: BenchArgs, config: Option<&Path>) -> anyhow::Result<ExitCode> {
                 duration.as_secs_f64(),
             );
             Load::Mqtt { broker }
+        }
+        _ if args.protocol == Protocol::Mqttsn => {
+            mqttsn_load(&args, &gateway, &plan, warmup, duration, broker_addr)?
         }
         (Some((sockets, port)), Some(gateway)) => {
             eprintln!(
@@ -274,6 +281,10 @@ fn start_roles(
             "127.0.0.1",
             "--mqtt-port",
             "0",
+            "--mqttsn-bind",
+            "127.0.0.1",
+            "--mqttsn-port",
+            "0",
         ],
         None => &[
             "--coap-port",
@@ -281,6 +292,10 @@ fn start_roles(
             "--mqtt-bind",
             "127.0.0.1",
             "--mqtt-port",
+            "0",
+            "--mqttsn-bind",
+            "127.0.0.1",
+            "--mqttsn-port",
             "0",
         ],
     };
@@ -337,6 +352,34 @@ enum Load {
     Mqtt {
         broker: SocketAddr,
     },
+    Mqttsn {
+        sockets: Vec<std::net::UdpSocket>,
+        gateway: SocketAddr,
+    },
+}
+
+/// The MQTT-SN nodes' load, aimed at the gateway's MQTT-SN socket.
+fn mqttsn_load(
+    args: &BenchArgs,
+    gateway: &Proc,
+    plan: &str,
+    warmup: Duration,
+    duration: Duration,
+    broker_addr: SocketAddr,
+) -> anyhow::Result<Load> {
+    let (to, _) = gateway.listening("MQTT-SN clients", STARTUP_TIMEOUT)?;
+    eprintln!(
+        "aiot bench: {} MQTT-SN nodes -> gateway mqttsn://{to} -> embedded MQTT broker -> gateway -> broker \
+         ws://{broker_addr}/ws -> {} clients; {plan}, {:.1} s warm-up, {:.1} s measured",
+        args.nodes,
+        args.clients,
+        warmup.as_secs_f64(),
+        duration.as_secs_f64(),
+    );
+    Ok(Load::Mqttsn {
+        sockets: mqttsn::bind(args.nodes)?,
+        gateway: to,
+    })
 }
 
 /// From spawn to the log line, as this process read it; `[gateway, broker]`.
@@ -383,6 +426,7 @@ async fn drive(
         Load::Websocket { .. } => &[][..],
         Load::Coap { .. } => coap::DISCOVERED,
         Load::Mqtt { .. } => mqtt::DISCOVERED,
+        Load::Mqttsn { .. } => mqttsn::DISCOVERED,
     };
 
     let mut clients = JoinSet::new();
@@ -444,6 +488,24 @@ async fn drive(
                 nodes.spawn(mqtt::node(
                     index,
                     args.nodes,
+                    to,
+                    shared.clone(),
+                    plan_rx.clone(),
+                    stop.clone(),
+                ));
+            }
+        }
+        Load::Mqttsn {
+            sockets,
+            gateway: to,
+        } => {
+            let prefix = format!("bsn{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
+            for (index, socket) in sockets.into_iter().enumerate() {
+                nodes.spawn(mqttsn::node(
+                    index,
+                    args.nodes,
+                    prefix.clone(),
+                    socket,
                     to,
                     shared.clone(),
                     plan_rx.clone(),
@@ -727,7 +789,7 @@ impl Report {
             );
         }
         println!("  drain after sending stopped    {:>12}", ms(self.drained));
-        if args.protocol == Protocol::Coap {
+        if matches!(args.protocol, Protocol::Coap | Protocol::Mqttsn) {
             if let Some((overflows, errors)) = self.udp_drops {
                 println!(
                     "  UDP receive buffer overflows   {:>12}   (machine-wide, in the window; {} receive errors)",
@@ -751,6 +813,9 @@ impl Report {
                 }
                 Protocol::Mqtt => {
                     "first connect -> every node's new, id, protocol, name at the clients"
+                }
+                Protocol::Mqttsn => {
+                    "first node/check -> every node's id, protocol, name at the clients"
                 }
             };
             println!(

@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 /// The children's log level: `info` has the listening and uplink lines we wait for and no
 /// per-message lines, so logging costs them nothing during the measurement. Fixed rather than
 /// taken from RUST_LOG so that the figures do not depend on the caller's environment.
-const CHILD_LOG: &str = "aiot=info,warn";
+const CHILD_LOG: &str = "aiot=info,warn,rumqttd=off";
 
 /// The children, killed when this is dropped and also on panic: the release profile aborts on
 /// panic, which skips destructors, so a panic hook does it there.

@@ -3,6 +3,7 @@
 //! - [`broker`]: the JSON messages between gateways, the broker and web clients (protocol.md §1).
 //! - [`coap`]: CoAP with nodes (protocol.md §2): datagrams, exchanges, link format, payloads.
 //! - [`mqtt`]: pyaiot's MQTT topic scheme with nodes (protocol.md §3): topics and payloads.
+//! - [`mqttsn`]: MQTT-SN 1.2 datagrams (RIOT `emcute` nodes), encoded and decoded.
 //! - [`node_ws`]: the JSON messages between a websocket node and its gateway (protocol.md §4).
 //! - [`reading`]: numbers inside resource values (`23°C`), for history.
 //! - [`limits`]: named limits shared by every endpoint.
@@ -11,6 +12,7 @@ pub mod broker;
 pub mod coap;
 pub mod limits;
 pub mod mqtt;
+pub mod mqttsn;
 pub mod node_ws;
 pub mod reading;
 

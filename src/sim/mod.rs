@@ -3,4 +3,5 @@
 
 pub mod coap;
 pub mod mqtt;
+pub mod mqttsn;
 pub mod ws;

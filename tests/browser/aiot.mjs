@@ -14,7 +14,7 @@ export function startDemo({ brokerPort = 0, gatewayPort = 0, webPort = 0, nodes 
   const child = spawn(AIOT_BIN, [
     'demo', '--broker-port', String(brokerPort), '--gateway-port', String(gatewayPort),
     '--web-port', String(webPort), '--nodes', String(nodes), '--coap-nodes', String(coapNodes),
-    '--coap-port', '0', '--mqtt-port', '0', '--interval', '0.5', ...extraArgs,
+    '--coap-port', '0', '--mqtt-port', '0', '--mqttsn-port', '0', '--interval', '0.5', ...extraArgs,
   ], { env: { ...process.env, RUST_LOG: 'aiot=info', AIOT_ALLOW_ROOT: '1' }, stdio: ['ignore', 'ignore', 'pipe'] });
   const log = [];
   return new Promise((resolve, reject) => {

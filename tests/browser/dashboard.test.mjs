@@ -53,11 +53,11 @@ for (const where of ['broker', 'gateway']) {
   test(`the ${where} dashboard shows the simulated nodes with live values`, async () => {
     const view = await open(demo[where]);
     const { page } = view;
-    // The demo's three websocket, three CoAP nodes and one MQTT node.
-    await page.locator('.node').nth(6).waitFor({ timeout: 5000 });
-    assert.equal(await page.locator('.node').count(), 7);
+    // The demo's three websocket, three CoAP nodes, one MQTT and one MQTT-SN node.
+    await page.locator('.node').nth(7).waitFor({ timeout: 5000 });
+    assert.equal(await page.locator('.node').count(), 8);
     await page.locator('#status[data-state="connected"]').waitFor();
-    assert.equal((await page.locator('#node-count').textContent()).trim().match(/\d+/)?.[0], '7');
+    assert.equal((await page.locator('#node-count').textContent()).trim().match(/\d+/)?.[0], '8');
     await page.locator('.node', { hasText: 'MQTT' }).first().waitFor();
     await page.locator('.node', { hasText: 'CoAP' }).nth(2).waitFor();
     const temperature = page.locator('.node [data-endpoint="temperature"]').first();
@@ -134,14 +134,14 @@ test('the theme toggle is remembered', async () => {
 test('the page recovers by itself after the server restarts', async () => {
   const view = await open(demo.broker);
   const { page } = view;
-  await page.locator('.node').nth(6).waitFor({ timeout: 5000 });
+  await page.locator('.node').nth(7).waitFor({ timeout: 5000 });
   const ports = demo.ports;
   assert.equal(await demo.stop(), 0, 'the demo stops cleanly');
   await page.locator('#status[data-state="reconnecting"]').waitFor({ timeout: 5000 });
   demo = await startDemo({ brokerPort: ports.broker, gatewayPort: ports.nodes, webPort: ports.web });
   await page.locator('#status[data-state="connected"]').waitFor({ timeout: 20000 });
   // The new demo's nodes (new uids) are live; the old ones are marked gone, not silently kept.
-  await page.locator('.node:not(.gone)').nth(6).waitFor({ timeout: 10000 });
+  await page.locator('.node:not(.gone)').nth(7).waitFor({ timeout: 10000 });
   view.problems.splice(0, view.problems.length,
     ...view.problems.filter((p) => !p.includes('WebSocket connection')));
   await expectClean(view);

@@ -42,6 +42,10 @@ pub fn gateway(node_port: u16, config: &str, extra: &[&str]) -> Gateway {
         "127.0.0.1",
         "--mqtt-port",
         "0",
+        "--mqttsn-bind",
+        "127.0.0.1",
+        "--mqttsn-port",
+        "0",
     ];
     args.extend_from_slice(extra);
     let aiot = Aiot::spawn(&args);

@@ -52,6 +52,10 @@ pub const GATEWAY_ON_LOOPBACK: &[&str] = &[
     "127.0.0.1",
     "--mqtt-port",
     "0",
+    "--mqttsn-bind",
+    "127.0.0.1",
+    "--mqttsn-port",
+    "0",
 ];
 
 /// A running `aiot` process whose stderr (the log) is collected line by line.
