@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{Aiot, Peer, TIMEOUT, broker_with_keys, gateway, is_update, key_file};
+use common::{Aiot, Peer, TIMEOUT, broker_with_keys_args, gateway, is_update, key_file};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -29,6 +29,7 @@ struct World {
     web_addr: SocketAddr,
     key_file: String,
     _keys: tempfile::TempDir,
+    _config: tempfile::TempDir,
     /// The steady node and its uid.
     node: Peer,
     uid: String,
@@ -40,9 +41,17 @@ struct World {
 
 impl World {
     async fn new() -> World {
-        let (broker, broker_addr, keys) = broker_with_keys();
+        // The steady clients write after every attack, faster than the per-connection
+        // message limit allows a browser: that limit has its own tests (tests/web_auth.rs).
+        let config = tempfile::tempdir().expect("temp dir");
+        let config_file = config.path().join("aiot.toml");
+        std::fs::write(&config_file, "[web]\nclient_messages_per_sec = 100000\n")
+            .expect("write config");
+        let config_arg = config_file.to_str().expect("utf-8 path");
+        let (broker, broker_addr, keys) = broker_with_keys_args(&["--config", config_arg]);
         let key_file = key_file(&keys);
-        let (gateway, node_addr, web_addr) = gateway(Some((broker_addr, &key_file)), &[]);
+        let (gateway, node_addr, web_addr) =
+            gateway(Some((broker_addr, &key_file)), &["--config", config_arg]);
         gateway.wait_for_log(&["connected to broker"], TIMEOUT);
         let mut central = Peer::client(&format!("ws://{broker_addr}/ws")).await;
         let mut local = Peer::client(&format!("ws://{web_addr}/ws")).await;
@@ -59,6 +68,7 @@ impl World {
             web_addr,
             key_file,
             _keys: keys,
+            _config: config,
             node,
             uid,
             central,
