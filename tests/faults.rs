@@ -224,8 +224,16 @@ impl Testbed {
             (&broker_ns, "b0", BROKER_IP),
             (&gateway_ns, "g0", GATEWAY_IP),
         ] {
-            ip(&["-n", &ns.name, "addr", "add", &format!("{addr}/30"), "dev", dev])
-                .expect("address");
+            ip(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{addr}/30"),
+                "dev",
+                dev,
+            ])
+            .expect("address");
             ip(&["-n", &ns.name, "link", "set", dev, "up"]).expect("link up");
         }
         let dir = tempfile::tempdir().expect("temp dir");
@@ -265,7 +273,12 @@ impl Testbed {
     }
 
     fn path(&self, file: &str) -> String {
-        self.dir.path().join(file).to_str().expect("utf-8").to_owned()
+        self.dir
+            .path()
+            .join(file)
+            .to_str()
+            .expect("utf-8")
+            .to_owned()
     }
 
     fn start_broker(&mut self) {
@@ -359,7 +372,10 @@ impl Testbed {
             if equal {
                 let took = start.elapsed();
                 let fresh = self.broker_ns.run(snapshot(BROKER_WS));
-                assert_eq!(fresh, gateway, "a new broker client sees the gateway's table");
+                assert_eq!(
+                    fresh, gateway,
+                    "a new broker client sees the gateway's table"
+                );
                 return took;
             }
             assert!(
@@ -513,7 +529,10 @@ fn the_gateway_killed_and_restarted_with_its_nodes_reconnecting() {
         if empty {
             break;
         }
-        assert!(start.elapsed() < TIMEOUT, "the broker kept the dead gateway's nodes");
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "the broker kept the dead gateway's nodes"
+        );
     }
     let dropped = start.elapsed();
     // While the gateway is down a node gives up and another arrives.
