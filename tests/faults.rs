@@ -417,9 +417,8 @@ impl Testbed {
     }
 
     /// Waits for the gateway to say the uplink is gone (the `connection lost` or a failed
-    /// attempt's `retrying in`), the `count`th time; returns how long that took.
-    fn uplink_lost(&self, count: usize, limit: Duration) -> Duration {
-        let start = Instant::now();
+    /// attempt's `retrying in`), the `count`th time; returns how long that took since `start`.
+    fn uplink_lost(&self, start: Instant, count: usize, limit: Duration) -> Duration {
         self.gateway().wait_for_count("retrying in", count, limit);
         start.elapsed()
     }
@@ -453,14 +452,17 @@ fn a_link_cut_for_60_s_then_restored() {
     };
     let cut = Instant::now();
     ip(&["-n", &bed.gateway_ns.name, "link", "set", "g0", "down"]).expect("link down");
-    let detected = bed.uplink_lost(1, detection_bound());
+    let detected = bed.uplink_lost(cut, 1, detection_bound());
     bed.churn();
     std::thread::sleep(Duration::from_secs(60).saturating_sub(cut.elapsed()));
     ip(&["-n", &bed.gateway_ns.name, "link", "set", "g0", "up"]).expect("link up");
     let recovered = bed.converge(3, recovery_bound());
+    let broker = bed.broker.as_ref().expect("a broker");
+    let by_ping = broker.count_log("no answer from the gateway");
     eprintln!(
-        "link cut: the gateway noticed after {detected:.1?}; after 60 s the broker agreed \
-         {recovered:.1?} after the link came back"
+        "link cut: the gateway noticed after {detected:.1?}; the broker dropped the silent \
+         gateway by ping {by_ping} time(s); after 60 s the broker agreed {recovered:.1?} after \
+         the link came back"
     );
 }
 
@@ -493,8 +495,9 @@ fn the_broker_killed_and_restarted() {
         return;
     };
     bed.watcher = None;
+    let kill = Instant::now();
     bed.broker.take().expect("a broker").kill();
-    let detected = bed.uplink_lost(1, detection_bound());
+    let detected = bed.uplink_lost(kill, 1, detection_bound());
     bed.churn();
     let restart = Instant::now();
     bed.start_broker();
@@ -562,9 +565,10 @@ fn a_half_open_uplink_is_found_by_ping_and_reconnected() {
     };
     // A FIFO that holds no bytes: every packet is dropped silently, no RST, no ICMP, and both
     // sockets stay open.
+    let cut = Instant::now();
     bed.qdisc("add", &["bfifo", "limit", "0"])
         .expect("a dropping qdisc");
-    let detected = bed.uplink_lost(1, detection_bound());
+    let detected = bed.uplink_lost(cut, 1, detection_bound());
     bed.churn();
     bed.qdisc("del", &[]).expect("path restored");
     let recovered = bed.converge(3, recovery_bound());
