@@ -1,9 +1,12 @@
 //! One gateway connected on `/gw`: its messages go into the hub as a source; the hub's
 //! requests for it (clients' hellos and writes) go out to it. When it goes, its nodes go `out`.
-//! A gateway whose entry leaves the gateways file is disconnected at once.
+//! A gateway whose entry leaves the gateways file is disconnected at once, and one that stays
+//! silent (a half-open connection, or a link cut while the gateway had nothing to say) is
+//! dropped after two unanswered pings, so its nodes do not linger (tests/faults.rs).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use tokio::sync::{mpsc, watch};
@@ -15,6 +18,9 @@ use crate::hub::{Hub, SourceCommand};
 use crate::metrics::Channel;
 use crate::proto::broker::{BrokerRequest, Dst, NodeMessage};
 use crate::web::socket::{self, Ending, WsLimits};
+
+/// How often the broker pings a gateway; silence for two of these means the link is dead.
+const PING_INTERVAL: Duration = Duration::from_secs(15);
 
 /// RFC 6455 §7.4.1: the peer is no longer allowed.
 const POLICY_VIOLATION: u16 = 1008;
@@ -50,6 +56,10 @@ pub async fn run(
     let connection = origins.open(&identity, peer);
     let metrics = hub.metrics().clone();
     let _open = metrics.connection(Channel::Gateway);
+    let start = tokio::time::Instant::now();
+    let mut ping = tokio::time::interval_at(start + PING_INTERVAL, PING_INTERVAL);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = start;
     let ending = loop {
         tokio::select! {
             () = shutdown.cancelled() => break Ending::Shutdown,
@@ -65,7 +75,19 @@ pub async fn run(
                 let _ = socket::send_batch(&mut socket, [goodbye], limits.send_timeout).await;
                 break Ending::PeerGone;
             }
+            _ = ping.tick() => {
+                let silent = last_heard.elapsed();
+                if silent > PING_INTERVAL * 2 {
+                    tracing::warn!(%peer, gateway = %identity, "no answer from the gateway for {:.0} s: dropping it", silent.as_secs_f64());
+                    break Ending::PeerGone;
+                }
+                let ping = Message::Ping(Default::default());
+                if let Err(ending) = socket::send_batch(&mut socket, [ping], limits.send_timeout).await {
+                    break ending;
+                }
+            }
             incoming = socket.recv() => {
+                last_heard = tokio::time::Instant::now();
                 let text = match incoming {
                     Some(Ok(Message::Text(text))) => {
                         metrics.received(Channel::Gateway, 1);
