@@ -8,7 +8,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -198,16 +197,7 @@ pub async fn node(
         let mut buffer = vec![0u8; MAX_DATAGRAM + 1];
         loop {
             let alive_at = (!answered).then_some(next_alive);
-            let update_at = match plan {
-                Some(plan) if sending => match plan.due(index, nodes, report.sent) {
-                    Some(at) => Some(shared.instant(at)),
-                    None => {
-                        sending = false;
-                        None
-                    }
-                },
-                _ => None,
-            };
+            let update_at = report.next_due(plan, &mut sending, index, nodes, &shared);
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return Ok(()),
@@ -258,11 +248,7 @@ pub async fn node(
                     if socket.send_to(&datagram, gateway).await.is_err() {
                         report.send_failures += 1;
                     }
-                    report.sent += 1;
-                    if plan.in_window(sent_ns) {
-                        report.sent_in_window += 1;
-                        shared.sent_in_window.fetch_add(1, Ordering::Relaxed);
-                    }
+                    report.count_sent(&plan, sent_ns, &shared);
                     if plan.period.is_none() {
                         // UDP never pushes back: let the other nodes and the clients run.
                         tokio::task::yield_now().await;

@@ -119,6 +119,33 @@ pub struct NodeReport {
     pub error: Option<String>,
 }
 
+impl NodeReport {
+    /// When this node's next update is due, if `plan` has started; once the plan has no more
+    /// updates for it, `sending` turns false for good.
+    pub fn next_due(
+        &self,
+        plan: Option<Plan>,
+        sending: &mut bool,
+        index: usize,
+        nodes: usize,
+        shared: &Shared,
+    ) -> Option<tokio::time::Instant> {
+        let plan = plan.filter(|_| *sending)?;
+        let due = plan.due(index, nodes, self.sent);
+        *sending = due.is_some();
+        due.map(|at| shared.instant(at))
+    }
+
+    /// Counts an update sent at `sent_ns`, here and (inside the window) in the shared total.
+    pub fn count_sent(&mut self, plan: &Plan, sent_ns: u64, shared: &Shared) {
+        self.sent += 1;
+        if plan.in_window(sent_ns) {
+            self.sent_in_window += 1;
+            shared.sent_in_window.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// An update's text: `<seq>:<send-time-ns>` in the `bench` resource.
 pub fn update_json(seq: u64, sent_ns: u64) -> String {
     format!(r#"{{"type":"update","data":{{"{ENDPOINT}":"{seq}:{sent_ns}"}}}}"#)
@@ -179,16 +206,7 @@ pub async fn node(
     let mut sending = true;
     let result: anyhow::Result<()> = async {
         loop {
-            let deadline = match plan {
-                Some(plan) if sending => match plan.due(index, nodes, report.sent) {
-                    Some(at) => Some(shared.instant(at)),
-                    None => {
-                        sending = false;
-                        None
-                    }
-                },
-                _ => None,
-            };
+            let deadline = report.next_due(plan, &mut sending, index, nodes, &shared);
             tokio::select! {
                 biased;
                 () = stop.cancelled() => {
@@ -223,11 +241,7 @@ pub async fn node(
                     }
                     let seq = report.sent * nodes as u64 + index as u64;
                     ws.send(Message::text(update_json(seq, sent_ns))).await?;
-                    report.sent += 1;
-                    if plan.in_window(sent_ns) {
-                        report.sent_in_window += 1;
-                        shared.sent_in_window.fetch_add(1, Ordering::Relaxed);
-                    }
+                    report.count_sent(&plan, sent_ns, &shared);
                 }
             }
         }

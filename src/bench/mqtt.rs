@@ -7,7 +7,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -91,16 +90,7 @@ pub async fn node(
         let mut sending = true;
         let mut connected = false;
         loop {
-            let update_at = match plan {
-                Some(plan) if sending => match plan.due(index, nodes, report.sent) {
-                    Some(at) => Some(shared.instant(at)),
-                    None => {
-                        sending = false;
-                        None
-                    }
-                },
-                _ => None,
-            };
+            let update_at = report.next_due(plan, &mut sending, index, nodes, &shared);
             tokio::select! {
                 biased;
                 () = stop.cancelled() => {
@@ -160,11 +150,7 @@ pub async fn node(
                             event = eventloop.poll() => { event?; }
                         }
                     }
-                    report.sent += 1;
-                    if plan.in_window(sent_ns) {
-                        report.sent_in_window += 1;
-                        shared.sent_in_window.fetch_add(1, Ordering::Relaxed);
-                    }
+                    report.count_sent(&plan, sent_ns, &shared);
                 }
             }
         }
