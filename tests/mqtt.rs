@@ -283,11 +283,7 @@ async fn a_mosquitto_clients_node_is_discovered_and_its_led_switched() {
         })
         .await;
 
-    client
-        .send_json(
-            &json!({"type": "update", "data": {"uid": uid, "endpoint": "led", "payload": "1"}}),
-        )
-        .await;
+    client.write(&uid, "led", "1").await;
     sub.wait_for("gateway/n1/led/set 1", TIMEOUT);
 }
 
@@ -387,11 +383,7 @@ async fn the_gateway_reconnects_to_a_restarted_mosquitto_and_keeps_its_node() {
         }
     }
     // Writes still reach the node (it reports the new value).
-    client
-        .send_json(
-            &json!({"type": "update", "data": {"uid": uid, "endpoint": "led", "payload": "1"}}),
-        )
-        .await;
+    client.write(&uid, "led", "1").await;
     client
         .wait_for(TIMEOUT, |m| {
             common::is_update(m, Some(&uid), "led", &json!("1"))
@@ -479,11 +471,7 @@ async fn the_demo_s_simulated_mqtt_node_reaches_the_central_broker() {
             })
             .await;
     }
-    client
-        .send_json(
-            &json!({"type": "update", "data": {"uid": uid, "endpoint": "led", "payload": "1"}}),
-        )
-        .await;
+    client.write(&uid, "led", "1").await;
     client
         .wait_for(TIMEOUT, |m| {
             common::is_update(m, Some(&uid), "led", &json!("1"))
@@ -548,11 +536,7 @@ async fn an_mqtt5_node_on_the_embedded_broker_is_discovered_and_its_led_switched
             common::is_update(m, Some(&uid), "pressure", &json!("1013hPa"))
         })
         .await;
-    client
-        .send_json(
-            &json!({"type": "update", "data": {"uid": uid, "endpoint": "led", "payload": "1"}}),
-        )
-        .await;
+    client.write(&uid, "led", "1").await;
     sub.wait_for("gateway/v5node/led/set 1", TIMEOUT);
     let log = gateway.log_text();
     assert!(!log.contains("MQTT connection lost"), "{log}");

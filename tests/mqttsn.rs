@@ -125,11 +125,7 @@ async fn a_python_mqttsn_node_is_discovered_and_its_led_follows_sets() {
 
     // The node subscribed `gateway/py1/+/set`: the gateway REGISTERs the topic, then
     // publishes; the node's QoS 1 answer is acknowledged and reaches the client.
-    client
-        .send_json(
-            &json!({"type": "update", "data": {"uid": uid, "endpoint": "led", "payload": "1"}}),
-        )
-        .await;
+    client.write(&uid, "led", "1").await;
     let register = node.event("register");
     assert_eq!(register["topic"], "gateway/py1/led/set");
     assert_eq!(node.event("led")["value"], "1");
@@ -280,11 +276,7 @@ async fn hostile_datagrams_floods_and_fake_clients_disturb_nothing() {
     }
 
     // The good node still works both ways.
-    client
-        .send_json(
-            &json!({"type": "update", "data": {"uid": uid, "endpoint": "led", "payload": "1"}}),
-        )
-        .await;
+    client.write(&uid, "led", "1").await;
     assert_eq!(node.event("led")["value"], "1");
     client
         .wait_for(TIMEOUT, |m| {
@@ -363,11 +355,7 @@ async fn aiot_node_mqttsn_shows_up_with_its_seven_resources() {
             }
         }
     }
-    client
-        .send_json(
-            &json!({"type": "update", "data": {"uid": uid, "endpoint": "led", "payload": "1"}}),
-        )
-        .await;
+    client.write(&uid, "led", "1").await;
     client
         .wait_for(TIMEOUT, |m| {
             common::is_update(m, Some(&uid), "led", &json!("1"))

@@ -229,6 +229,14 @@ impl Peer {
         self.ws.send(Message::text(text)).await.expect("send");
     }
 
+    /// A web client's write of `payload` to `endpoint` of node `uid` (LED, text, …).
+    pub async fn write(&mut self, uid: &str, endpoint: &str, payload: &str) {
+        self.send_json(&serde_json::json!(
+            {"type": "update", "data": {"uid": uid, "endpoint": endpoint, "payload": payload}}
+        ))
+        .await;
+    }
+
     pub async fn send_json(&mut self, value: &Value) {
         self.send_text(&value.to_string()).await;
     }
