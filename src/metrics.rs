@@ -185,6 +185,14 @@ impl Metrics {
             "1 while the gateway's uplink to its broker is connected.",
             self.uplink_connected.load(Ordering::Relaxed) as i64,
         );
+        // Outside a runtime (unit tests) there is nothing to count.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            gauge(
+                "aiot_tokio_tasks",
+                "Tasks alive in the async runtime: a count that only grows means a task leak.",
+                runtime.metrics().num_alive_tasks() as i64,
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP aiot_connections Open websocket connections.\n# TYPE aiot_connections gauge"

@@ -145,6 +145,14 @@ async fn healthz_history_and_metrics_tell_the_truth() {
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
+    // The hub, two HTTP servers, the uplink, the node's and the client's sessions at least.
+    let tasks: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("aiot_tokio_tasks "))
+        .expect("aiot_tokio_tasks")
+        .parse()
+        .expect("a number");
+    assert!(tasks >= 6, "{tasks} tasks in\n{text}");
     let broker_metrics = http_get(broker_addr, "/metrics", &[]).await.text();
     assert!(
         broker_metrics.contains("aiot_connections{channel=\"gateway\"} 1\n"),
