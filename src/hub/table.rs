@@ -16,6 +16,12 @@ pub struct SourceId(pub u64);
 /// One numeric reading: milliseconds since the Unix epoch, and the value.
 pub type Point = (u64, f64);
 
+/// Readings a new history ring takes before it is given its whole bound at once. Doubling up
+/// to the bound would reallocate until the 65th reading (11 minutes at one reading per 10 s,
+/// hours for slow sensors), so a gateway's memory would creep long after start; a resource
+/// that reported only once or twice (an LED's state) keeps a small ring.
+const FIRST_RING: usize = 4;
+
 #[derive(Debug)]
 struct Node {
     owner: SourceId,
@@ -180,6 +186,8 @@ impl Table {
                     };
                     if ring.len() == history_points {
                         ring.pop_front();
+                    } else if ring.len() == ring.capacity() && ring.len() >= FIRST_RING {
+                        ring.reserve_exact(history_points - ring.len());
                     }
                     if history_points > 0 {
                         ring.push_back((now_ms, number));
@@ -409,6 +417,34 @@ mod tests {
         };
         table.apply(A, replay, 9).expect("replay");
         assert_eq!(table.history("n", "temperature").map(|h| h.len()), Some(3));
+    }
+
+    #[test]
+    fn a_reporting_resource_gets_its_whole_history_early_and_keeps_it() {
+        let mut table = Table::new(10, 8, 120);
+        table.apply(A, new("n"), 0).expect("new");
+        let capacity =
+            |table: &Table, endpoint: &str| table.nodes["n"].history[endpoint].capacity();
+        table
+            .apply(A, update("n", "led", json!("1")), 0)
+            .expect("update");
+        assert!(capacity(&table, "led") < 120, "one reading, a small ring");
+        for t in 0..=FIRST_RING as u64 {
+            table
+                .apply(A, update("n", "temperature", json!(t)), t)
+                .expect("update");
+        }
+        let full = capacity(&table, "temperature");
+        assert!(full >= 120, "{full}");
+        for t in 10..1000 {
+            table
+                .apply(A, update("n", "temperature", json!(t)), t)
+                .expect("update");
+        }
+        assert_eq!(capacity(&table, "temperature"), full, "no reallocation");
+        let points = table.history("n", "temperature").expect("history");
+        assert_eq!(points.len(), 120);
+        assert_eq!(points.last(), Some(&(999, 999.0)));
     }
 
     #[test]
