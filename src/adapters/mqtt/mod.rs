@@ -84,10 +84,10 @@ pub fn start_broker(supervisor: &Supervisor, settings: BrokerSettings) {
         max_outgoing_packet_count: 200,
         // rumqttd keeps every publish in a log per subscribed topic (per node and resource,
         // here) until the log is full, whether or not its subscribers have read it: with
-        // 128 KiB × 4 a node reporting every 10 s made the gateway grow for a day. The gateway
-        // reads at once, so a short log (rumqttd's minimum segment, the previous one kept)
-        // bounds memory within minutes; a topic that gets a few dozen unread publishes at
-        // once (a burst on `node/check`) loses the oldest, and a node checks again in 30 s.
+        // 128 KiB × 4 a node reporting every 10 s made the gateway grow for over a day. The
+        // gateway reads at once, so a short log (rumqttd's minimum segment, the previous one
+        // kept) bounds memory within minutes; a topic that gets a few dozen unread publishes
+        // at once (a burst on `node/check`) loses the oldest, and a node checks again in 30 s.
         max_segment_size: 1024,
         max_segment_count: 2,
         ..Default::default()
