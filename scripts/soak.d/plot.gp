@@ -1,22 +1,24 @@
 # The soak's plot: RSS, open fds and tokio tasks of the broker and the gateway over time.
 # Called by scripts/soak with dir (holding broker.dat and gateway.dat: minutes, RSS MiB, fds,
-# tasks, threads) and warmup (minutes).
-set terminal svg size 720,640 dynamic font "sans,11"
+# tasks, threads), warmup (minutes) and title.
+set terminal svg size 720,600 font "sans,11"
 set output dir."/soak.svg"
-set multiplot layout 3,1 title "aiot soak: ".system("date -u +%Y-%m-%d")
+set datafile separator whitespace
+set multiplot layout 3,1 title title
 set grid
-set key top left horizontal
-set arrow 1 from warmup, graph 0 to warmup, graph 1 nohead dashtype 2 linecolor "gray"
 set lmargin 10
-set ylabel "RSS (MiB)"
 set yrange [0:*]
-plot dir."/broker.dat" using 1:2 with linespoints pointtype 7 pointsize 0.4 title "broker", \
-     dir."/gateway.dat" using 1:2 with linespoints pointtype 7 pointsize 0.4 title "gateway"
+set arrow 1 from warmup, graph 0 to warmup, graph 1 nohead dashtype 2 linecolor "gray40"
+set key top left horizontal
+set offsets 0, 0, graph 0.25, 0
+set ylabel "RSS (MiB)"
+plot dir."/broker.dat" using 1:2 with lines linewidth 2 title "broker", \
+     dir."/gateway.dat" using 1:2 with lines linewidth 2 title "gateway"
+unset key
+set offsets 0, 0, 0, 0
 set ylabel "open fds"
-plot dir."/broker.dat" using 1:3 with linespoints pointtype 7 pointsize 0.4 title "broker", \
-     dir."/gateway.dat" using 1:3 with linespoints pointtype 7 pointsize 0.4 title "gateway"
+plot dir."/broker.dat" using 1:3 with lines linewidth 2, dir."/gateway.dat" using 1:3 with lines linewidth 2
 set ylabel "tokio tasks"
 set xlabel "minutes (dashed: end of warm-up)"
-plot dir."/broker.dat" using 1:4 with linespoints pointtype 7 pointsize 0.4 title "broker", \
-     dir."/gateway.dat" using 1:4 with linespoints pointtype 7 pointsize 0.4 title "gateway"
+plot dir."/broker.dat" using 1:4 with lines linewidth 2, dir."/gateway.dat" using 1:4 with lines linewidth 2
 unset multiplot
