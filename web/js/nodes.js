@@ -70,6 +70,13 @@ function stampOf(msg) {
   return null;
 }
 
+/** Gateway names never start with `(`: such a label is the broker's own, for a gateway
+ *  without a name (one with pyaiot's shared key). */
+function gatewayTitle(gateway) {
+  if (!gateway) return '';
+  return gateway.startsWith('(') ? `From a gateway with no name of its own: ${gateway}` : `Gateway: ${gateway}`;
+}
+
 const fmtTime = (t) => new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
 
 /** What writes to a node: disabled while the page is read-only. */
@@ -368,7 +375,7 @@ export class Dashboard {
       setText(node.protoEl, proto ? V.displayText(proto) : '');
       node.gatewayEl.hidden = !node.gateway;
       setText(node.gatewayText, node.gateway ?? '');
-      setAttr(node.gatewayEl, 'title', node.gateway ? `Gateway: ${node.gateway}` : '');
+      setAttr(node.gatewayEl, 'title', gatewayTitle(node.gateway));
       const sub = ['os', 'board'].map((k) => node.meta[k]).filter((v) => v !== undefined && v !== '')
         .map(V.displayText).join(' · ');
       setText(node.subEl, sub);
