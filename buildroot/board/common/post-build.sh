@@ -13,8 +13,10 @@ mkdir -p "${TARGET_DIR}/var/lib/aiot"
 grep -qF 'LABEL=aiot-data' "${TARGET_DIR}/etc/fstab" 2>/dev/null \
 	|| printf '%s\n' "${data_line}" >>"${TARGET_DIR}/etc/fstab"
 
-# The label genimage gives the first partition. nofail: a card without it still boots.
-boot_line='LABEL=AIOT-BOOT /boot vfat defaults,noatime,umask=0077,nofail,x-systemd.device-timeout=10s 0 0'
+# The label genimage gives the first partition. nofail: a card without it still boots, and
+# only first boot (and so the gateway) waits for it. 60 s: in scripts/vm-test's VM under load,
+# udev named the disk after more than 10 s.
+boot_line='LABEL=AIOT-BOOT /boot vfat defaults,noatime,umask=0077,nofail,x-systemd.device-timeout=60s 0 0'
 mkdir -p "${TARGET_DIR}/boot"
 grep -qF 'LABEL=AIOT-BOOT' "${TARGET_DIR}/etc/fstab" 2>/dev/null \
 	|| printf '%s\n' "${boot_line}" >>"${TARGET_DIR}/etc/fstab"
