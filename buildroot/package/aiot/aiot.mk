@@ -43,6 +43,8 @@ define AIOT_INSTALL_INIT_SYSTEMD
 		$(TARGET_DIR)/usr/lib/systemd/system/aiot-gateway.service
 	$(INSTALL) -D -m 0644 $(@D)/overlay/usr/lib/systemd/system/aiot-firstboot.service \
 		$(TARGET_DIR)/usr/lib/systemd/system/aiot-firstboot.service
+	$(INSTALL) -D -m 0755 $(@D)/overlay/usr/libexec/aiot/firstboot \
+		$(TARGET_DIR)/usr/libexec/aiot/firstboot
 endef
 
 $(eval $(cargo-package))

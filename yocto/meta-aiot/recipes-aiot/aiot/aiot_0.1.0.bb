@@ -34,6 +34,8 @@ do_install:append() {
     install -d ${D}${systemd_system_unitdir} ${D}${sysconfdir}/aiot ${D}${nonarch_libdir}/sysusers.d
     install -m 0644 ${S}/overlay/usr/lib/systemd/system/aiot-gateway.service ${D}${systemd_system_unitdir}/
     install -m 0644 ${S}/overlay/usr/lib/systemd/system/aiot-firstboot.service ${D}${systemd_system_unitdir}/
+    install -D -m 0755 ${S}/overlay/usr/libexec/aiot/firstboot ${D}${libexecdir}/aiot/firstboot
+    install -D -m 0644 ${S}/overlay/etc/issue.d/aiot.issue ${D}${sysconfdir}/issue.d/aiot.issue
     install -m 0644 ${S}/overlay/etc/aiot/gateway.toml ${D}${sysconfdir}/aiot/
     install -m 0644 ${S}/overlay/usr/lib/sysusers.d/aiot.conf ${D}${nonarch_libdir}/sysusers.d/
     install -d ${D}${nonarch_libdir}/systemd/system.conf.d ${D}${nonarch_libdir}/systemd/journald.conf.d
@@ -41,6 +43,6 @@ do_install:append() {
     cp -R --no-preserve=ownership ${S}/overlay/usr/lib/systemd/journald.conf.d/. ${D}${nonarch_libdir}/systemd/journald.conf.d/
 }
 
-FILES:${PN} += "${nonarch_libdir}/sysusers.d ${nonarch_libdir}/systemd/system.conf.d \
+FILES:${PN} += "${libexecdir}/aiot ${sysconfdir}/issue.d ${nonarch_libdir}/sysusers.d ${nonarch_libdir}/systemd/system.conf.d \
     ${nonarch_libdir}/systemd/journald.conf.d"
 CONFFILES:${PN} = "${sysconfdir}/aiot/gateway.toml"
