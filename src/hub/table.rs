@@ -23,6 +23,49 @@ struct Node {
     history: HashMap<String, VecDeque<Point>>,
     /// Whether this node was already refused a resource, so the log says it once.
     over_resource_limit: bool,
+    /// Its share of `node_messages_per_sec`.
+    rate: Bucket,
+    /// Whether it was already refused for a value too big, or for sending too fast: the log
+    /// says each once per node.
+    over_value_limit: bool,
+    over_rate_limit: bool,
+}
+
+/// A token bucket refilled at `rate` per second up to `capacity`, on the hub's clock.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last_ms: u64,
+}
+
+impl Bucket {
+    fn full(capacity: f64, now_ms: u64) -> Self {
+        Bucket {
+            tokens: capacity,
+            last_ms: now_ms,
+        }
+    }
+
+    fn take(&mut self, rate: f64, capacity: f64, now_ms: u64) -> bool {
+        // A clock stepped back refills nothing rather than everything.
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        self.last_ms = self.last_ms.max(now_ms);
+        self.tokens = (self.tokens + elapsed as f64 * rate / 1000.0).min(capacity);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A value's size as the limit counts it: a string's bytes, anything else's JSON text.
+pub fn value_bytes(value: &Value) -> usize {
+    match value {
+        Value::String(text) => text.len(),
+        other => serde_json::to_vec(other).map_or(0, |json| json.len()),
+    }
 }
 
 /// Numeric histories: uid → endpoint → points, oldest first.
@@ -70,8 +113,26 @@ pub enum Refusal {
     UnknownNode(String),
     #[error("node {0} belongs to another source")]
     NotOwner(String),
-    #[error("node {uid} refused: the table is full ({max} nodes)")]
+    #[error("node {uid} refused: the table is full ({max} nodes, limits.max_nodes)")]
     Full { uid: String, max: usize },
+    #[error(
+        "node {uid} refused: its source has {max} nodes already (limits.max_nodes_per_gateway)"
+    )]
+    SourceFull { uid: String, max: usize },
+    #[error(
+        "node {uid}: value of {endpoint} refused, {size} bytes (limits.max_value_bytes is {max})"
+    )]
+    ValueTooBig {
+        uid: String,
+        endpoint: String,
+        size: usize,
+        max: usize,
+        first: bool,
+    },
+    #[error(
+        "node {uid} sends more than {rate} messages/s: its excess updates are dropped (limits.node_messages_per_sec)"
+    )]
+    TooFast { uid: String, rate: u32, first: bool },
     #[error("node {uid} refused a new resource: it has {max} already")]
     TooManyResources {
         uid: String,
@@ -88,6 +149,14 @@ pub struct Table {
     max_nodes: usize,
     max_resources: usize,
     history_points: usize,
+    /// Nodes one source may own; `usize::MAX` on a gateway, whose sources are its own adapters.
+    max_nodes_per_source: usize,
+    max_value_bytes: usize,
+    /// Updates per second per node (0: unlimited), and the burst a node may save up.
+    node_rate: u32,
+    node_burst: f64,
+    /// Nodes owned by each source.
+    owned: HashMap<SourceId, usize>,
 }
 
 impl Table {
@@ -97,6 +166,39 @@ impl Table {
             max_nodes,
             max_resources,
             history_points,
+            max_nodes_per_source: usize::MAX,
+            max_value_bytes: usize::MAX,
+            node_rate: 0,
+            node_burst: 0.0,
+            owned: HashMap::new(),
+        }
+    }
+
+    /// The limits that protect sources from each other. The burst is a node's whole set of
+    /// resources plus twice the rate, so a node (or a gateway replaying one after a reconnect)
+    /// can announce every value at once and still change some right after.
+    pub fn with_limits(
+        mut self,
+        max_nodes_per_source: usize,
+        max_value_bytes: usize,
+        node_messages_per_sec: u32,
+    ) -> Self {
+        self.max_nodes_per_source = max_nodes_per_source;
+        self.max_value_bytes = max_value_bytes;
+        self.node_rate = node_messages_per_sec;
+        self.node_burst = 2.0 * f64::from(node_messages_per_sec) + self.max_resources as f64;
+        self
+    }
+
+    fn owned_by(&self, source: SourceId) -> usize {
+        self.owned.get(&source).copied().unwrap_or(0)
+    }
+
+    fn count(&mut self, source: SourceId, delta: isize) {
+        let count = self.owned.entry(source).or_insert(0);
+        *count = count.saturating_add_signed(delta);
+        if *count == 0 {
+            self.owned.remove(&source);
         }
     }
 
@@ -119,10 +221,21 @@ impl Table {
     ) -> Result<Option<NodeMessage>, Refusal> {
         match message {
             NodeMessage::New { ref uid, ref dst } => {
+                let at_source_limit = self.owned_by(source) >= self.max_nodes_per_source;
                 if let Some(node) = self.nodes.get_mut(uid) {
                     // A node that moved to another gateway, or a gateway's reconnect replay.
                     let moved = node.owner != source;
-                    node.owner = source;
+                    if moved && at_source_limit {
+                        return Err(Refusal::SourceFull {
+                            uid: uid.clone(),
+                            max: self.max_nodes_per_source,
+                        });
+                    }
+                    let previous = std::mem::replace(&mut node.owner, source);
+                    if moved {
+                        self.count(previous, -1);
+                        self.count(source, 1);
+                    }
                     return Ok(match dst {
                         Dst::Client(_) => Some(message),
                         Dst::All if moved => Some(message),
@@ -133,6 +246,12 @@ impl Table {
                     return Err(Refusal::Full {
                         uid: uid.clone(),
                         max: self.max_nodes,
+                    });
+                }
+                if at_source_limit {
+                    return Err(Refusal::SourceFull {
+                        uid: uid.clone(),
+                        max: self.max_nodes_per_source,
                     });
                 }
                 // A node is new to everyone, even when the first word of it is a replay for one
@@ -149,8 +268,12 @@ impl Table {
                         resources: IndexMap::new(),
                         history: HashMap::new(),
                         over_resource_limit: false,
+                        rate: Bucket::full(self.node_burst, now_ms),
+                        over_value_limit: false,
+                        over_rate_limit: false,
                     },
                 );
+                self.count(source, 1);
                 Ok(Some(announce))
             }
             NodeMessage::Update {
@@ -160,7 +283,20 @@ impl Table {
                 ref dst,
             } => {
                 let (history_points, max_resources) = (self.history_points, self.max_resources);
+                let (max_value_bytes, rate, burst) =
+                    (self.max_value_bytes, self.node_rate, self.node_burst);
                 let node = self.owned(source, uid)?;
+                let size = value_bytes(data);
+                if size > max_value_bytes {
+                    let first = !std::mem::replace(&mut node.over_value_limit, true);
+                    return Err(Refusal::ValueTooBig {
+                        uid: uid.clone(),
+                        endpoint: endpoint.clone(),
+                        size,
+                        max: max_value_bytes,
+                        first,
+                    });
+                }
                 if node.resources.len() >= max_resources && !node.resources.contains_key(endpoint) {
                     let first = !node.over_resource_limit;
                     node.over_resource_limit = true;
@@ -172,6 +308,15 @@ impl Table {
                 }
                 // A replay for one client repeats a value already recorded.
                 let fresh = *dst == Dst::All;
+                // Replays answer a client's arrival, not the node's chatter: they are free.
+                if fresh && rate > 0 && !node.rate.take(f64::from(rate), burst, now_ms) {
+                    let first = !std::mem::replace(&mut node.over_rate_limit, true);
+                    return Err(Refusal::TooFast {
+                        uid: uid.clone(),
+                        rate,
+                        first,
+                    });
+                }
                 if let Some(number) = reading::numeric(data).filter(|_| fresh) {
                     // Looked up before inserting, so the hot path copies no endpoint name.
                     let ring = match node.history.get_mut(endpoint) {
@@ -196,6 +341,7 @@ impl Table {
             NodeMessage::Out { ref uid } => {
                 self.owned(source, uid)?;
                 self.nodes.shift_remove(uid);
+                self.count(source, -1);
                 Ok(Some(message))
             }
             NodeMessage::Reset { ref uid } => {
@@ -219,6 +365,7 @@ impl Table {
 
     /// Forgets every node of a source that went away, returning an `out` for each.
     pub fn remove_source(&mut self, source: SourceId) -> Vec<NodeMessage> {
+        self.owned.remove(&source);
         let mut outs = Vec::new();
         self.nodes.retain(|uid, node| {
             let keep = node.owner != source;
@@ -468,5 +615,102 @@ mod tests {
             })
         );
         assert!(table.apply(A, update("a", "t", json!(1)), 0).is_ok());
+    }
+
+    #[test]
+    fn one_source_cannot_take_more_than_its_share_of_nodes() {
+        let mut table = Table::new(10, 8, 3).with_limits(2, usize::MAX, 0);
+        table.apply(A, new("a1"), 0).expect("new");
+        table.apply(A, new("a2"), 0).expect("new");
+        let refused = |uid: &str| {
+            Err(Refusal::SourceFull {
+                uid: uid.into(),
+                max: 2,
+            })
+        };
+        assert_eq!(table.apply(A, new("a3"), 0), refused("a3"));
+        assert_eq!(table.apply(B, new("b1"), 0), Ok(Some(new("b1"))));
+        table.apply(B, new("b2"), 0).expect("new");
+        // Taking over a node counts too, and a node that leaves frees its place.
+        assert_eq!(table.apply(B, new("a1"), 0), refused("a1"));
+        table
+            .apply(A, NodeMessage::Out { uid: "a1".into() }, 0)
+            .expect("out");
+        assert!(table.apply(A, new("a3"), 0).is_ok());
+        table.remove_source(A);
+        table
+            .apply(B, NodeMessage::Out { uid: "b2".into() }, 0)
+            .expect("out");
+        assert_eq!(table.apply(B, new("a3"), 0), Ok(Some(new("a3"))));
+        assert_eq!(table.owned_by(A), 0);
+        assert_eq!(table.owned_by(B), 2);
+    }
+
+    #[test]
+    fn a_value_too_big_is_refused_and_the_old_one_kept() {
+        let mut table = Table::new(10, 8, 3).with_limits(usize::MAX, 4, 0);
+        table.apply(A, new("n"), 0).expect("new");
+        table
+            .apply(A, update("n", "t", json!("abcd")), 0)
+            .expect("fits");
+        table
+            .apply(A, update("n", "o", json!([1])), 0)
+            .expect("fits");
+        let refused = |endpoint: &str, size, first| {
+            Err(Refusal::ValueTooBig {
+                uid: "n".into(),
+                endpoint: endpoint.into(),
+                size,
+                max: 4,
+                first,
+            })
+        };
+        assert_eq!(
+            table.apply(A, update("n", "t", json!("abcde")), 0),
+            refused("t", 5, true)
+        );
+        assert_eq!(
+            table.apply(A, update("n", "o", json!([1, 2, 3])), 0),
+            refused("o", 7, false)
+        );
+        assert_eq!(
+            table.snapshot().nodes[0].resources,
+            [("t".into(), json!("abcd")), ("o".into(), json!([1]))]
+        );
+    }
+
+    #[test]
+    fn a_chatty_node_is_throttled_alone_and_replays_are_free() {
+        // 2 per second, burst 8 resources + 4 = 12.
+        let mut table = Table::new(10, 8, 3).with_limits(usize::MAX, usize::MAX, 2);
+        table.apply(A, new("chatty"), 0).expect("new");
+        table.apply(A, new("calm"), 0).expect("new");
+        let sent = (0..20)
+            .filter(|_| table.apply(A, update("chatty", "t", json!(1)), 0).is_ok())
+            .count();
+        assert_eq!(sent, 12);
+        assert_eq!(
+            table.apply(A, update("chatty", "t", json!(2)), 0),
+            Err(Refusal::TooFast {
+                uid: "chatty".into(),
+                rate: 2,
+                first: false
+            })
+        );
+        assert!(table.apply(A, update("calm", "t", json!(1)), 0).is_ok());
+        let replay = NodeMessage::Update {
+            uid: "chatty".into(),
+            endpoint: "t".into(),
+            data: json!(1),
+            dst: Dst::Client("c".into()),
+        };
+        assert!(table.apply(A, replay, 0).is_ok());
+        // Half a second later one more token has come.
+        assert!(table.apply(A, update("chatty", "t", json!(3)), 500).is_ok());
+        assert!(
+            table
+                .apply(A, update("chatty", "t", json!(4)), 500)
+                .is_err()
+        );
     }
 }

@@ -40,6 +40,8 @@ pub enum Event {
     Dropped,
     /// A client was dropped (keep-alive, retries, CONNECT timeout).
     Lost,
+    /// A CONNECT was refused: `max_clients` are connected.
+    Full,
 }
 
 /// What a client's MQTT connection reports.
@@ -239,7 +241,15 @@ impl Clients {
             }
         }
         if self.by_peer.len() >= self.settings.max_clients {
-            tracing::debug!(%peer, "MQTT-SN client refused: max_clients reached");
+            if self.warned.len() >= WARNED {
+                self.warned.clear();
+            }
+            if self.warned.insert(peer) {
+                tracing::warn!(%peer, max = self.settings.max_clients, "MQTT-SN client refused: the maximum is connected (mqttsn.max_clients); its further attempts are counted, not logged");
+            } else {
+                tracing::debug!(%peer, "MQTT-SN client refused: max_clients reached");
+            }
+            self.out.push_back(Event::Full);
             self.transmit(
                 peer,
                 &Message::ConnAck {
