@@ -44,4 +44,6 @@ pub const NODE_MESSAGES_PER_SEC: u32 = 20;
 
 /// CoAP nodes waiting for their discovery (behind the `discovery_concurrency` running ones);
 /// an unknown node's `/alive` past this is answered 5.03 and it is registered at a later alive.
-pub const MAX_PENDING_DISCOVERIES: usize = 256;
+/// Room for a thousand nodes booting at once (tests/coap_scale.rs) with margin; a flood of
+/// new addresses beyond it costs a refusal each, not a queue entry.
+pub const MAX_PENDING_DISCOVERIES: usize = 2048;

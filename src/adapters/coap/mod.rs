@@ -194,7 +194,7 @@ async fn run(
         metrics: metrics.clone(),
     };
     let mut busy_reported = 0u64;
-    let (mut refused_reported, mut pending_reported) = (0u64, 0u64);
+    let (mut refused_reported, mut pending_reported, mut resources_reported) = (0u64, 0u64, 0u64);
     // One byte more than the largest datagram accepted, to tell a longer one apart.
     let mut buffer = vec![0u8; MAX_DATAGRAM + 1];
     loop {
@@ -258,6 +258,11 @@ async fn run(
                 stats.pending_refused,
                 &mut pending_reported,
                 Limit::PendingDiscoveries,
+            ),
+            (
+                stats.resources_refused,
+                &mut resources_reported,
+                Limit::ResourcesPerNode,
             ),
         ] {
             metrics.add_limit_hits(limit, count - *reported);

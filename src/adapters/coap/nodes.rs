@@ -112,6 +112,8 @@ pub struct Stats {
     pub refused: u64,
     /// New nodes refused with 5.03 because `max_pending_discoveries` were waiting.
     pub pending_refused: u64,
+    /// Resources past `max_resources` ignored in discoveries.
+    pub resources_refused: u64,
     /// Requests refused with 5.03 because the hub was not keeping up: readings lost unless
     /// the node retries (RIOT's NON posts are never retried).
     pub busy: u64,
@@ -565,7 +567,12 @@ impl Nodes {
         };
         match job {
             Job::Discover => match links(&outcome, self.settings.max_resources) {
-                Ok(paths) => {
+                Ok((paths, ignored)) => {
+                    if ignored > 0 {
+                        // Once per discovery, which a node only repeats when it resets.
+                        self.stats.resources_refused += ignored as u64;
+                        tracing::warn!(%uid, ip = %node.addr.ip(), ignored, max = self.settings.max_resources, "CoAP node has too many resources, the rest ignored (limits.max_resources_per_node)");
+                    }
                     tracing::debug!(%uid, ?paths, "CoAP node resources");
                     for path in paths.into_iter().rev() {
                         node.jobs.push_front(Job::Read(path));
@@ -661,12 +668,14 @@ fn text(outcome: &Result<Response, Failure>, expected: Code) -> Result<String, S
     }
 }
 
-fn links(outcome: &Result<Response, Failure>, max: usize) -> Result<Vec<String>, String> {
+/// The first `max` resource paths of a discovery, and how many more there were.
+fn links(outcome: &Result<Response, Failure>, max: usize) -> Result<(Vec<String>, usize), String> {
     let document = text(outcome, Code::CONTENT)?;
     let links = link_format::parse(&document).map_err(|e| e.to_string())?;
     let mut paths = link_format::resource_paths(&links);
+    let ignored = paths.len().saturating_sub(max);
     paths.truncate(max);
-    Ok(paths)
+    Ok((paths, ignored))
 }
 
 #[cfg(test)]
