@@ -298,3 +298,128 @@ async fn a_flood_of_new_coap_nodes_waits_in_a_bounded_discovery_queue() {
     assert!(hits(gw.web, "coap_max_pending_discoveries").await >= 7);
     assert_eq!(gw.aiot.count_log("coap.max_pending_discoveries"), 1);
 }
+
+/// `mosquitto_pub` of every line of `lines` as one message each (`-l`), QoS 1.
+fn mosquitto_pub_lines(broker: SocketAddr, topic: &str, lines: &str) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            &broker.ip().to_string(),
+            "-p",
+            &broker.port().to_string(),
+        ])
+        .args(["-q", "1", "-t", topic, "-l"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(lines.as_bytes()).expect("lines written");
+    drop(stdin);
+    assert!(child.wait().expect("mosquitto_pub ends").success());
+}
+
+/// An MQTT node `id` with the one resource `count`, past its discovery: its `count` values
+/// reach `client` (the gateway subscribes to them once it has the resource list). Returns its
+/// uid.
+async fn mqtt_node(mqtt: SocketAddr, client: &mut Peer, id: &str) -> String {
+    let check = json!({ "id": id }).to_string();
+    let mut uid = None;
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "MQTT node {id} never came through"
+        );
+        mosquitto_pub_lines(mqtt, "node/check", &check);
+        mosquitto_pub_lines(mqtt, &format!("node/{id}/resources"), "[\"count\"]");
+        mosquitto_pub_lines(mqtt, &format!("node/{id}/count"), "{\"value\": -1}");
+        while let Some(message) = client.next_json(Duration::from_millis(300)).await {
+            if message["endpoint"] == "id" && message["data"] == id {
+                uid = message["uid"].as_str().map(str::to_owned);
+            }
+            if message["endpoint"] == "count"
+                && message["data"] == -1
+                && uid.as_deref().is_some_and(|uid| message["uid"] == uid)
+            {
+                return uid.expect("known");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_chatty_mqtt_node_is_throttled_alone() {
+    const FLOOD: u64 = 300;
+    let gw = coap_support::gateway(
+        20392,
+        "[limits]\nnode_messages_per_sec = 3\nmax_resources_per_node = 4\n",
+        &[],
+    );
+    let mqtt = gw.aiot.listening("MQTT clients");
+    let mut client = Peer::client(&format!("ws://{}/ws", gw.web)).await;
+    let chatty = mqtt_node(mqtt, &mut client, "chatty").await;
+    let calm = mqtt_node(mqtt, &mut client, "calm").await;
+    let before = hits(gw.web, "node_messages_per_sec").await;
+    let flood: String = (0..FLOOD)
+        .map(|i| format!("{{\"value\": {i}}}\n"))
+        .collect();
+    mosquitto_pub_lines(mqtt, "node/chatty/count", &flood);
+    let calm_values: String = (0..5).map(|i| format!("{{\"value\": {i}}}\n")).collect();
+    mosquitto_pub_lines(mqtt, "node/calm/count", &calm_values);
+    let (mut passed, mut calm_seen) = (0u64, Vec::new());
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let dropped = hits(gw.web, "node_messages_per_sec").await - before;
+        if passed + dropped == FLOOD && calm_seen.len() == 5 {
+            assert!(dropped > 0, "nothing was throttled");
+            println!(
+                "{FLOOD} MQTT updates from the chatty node: {passed} passed, {dropped} dropped"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{passed} passed, {dropped} dropped of {FLOOD}; calm: {calm_seen:?}"
+        );
+        while let Some(message) = client.next_json(Duration::from_millis(200)).await {
+            if message["endpoint"] != "count" || message["data"] == -1 {
+                continue;
+            }
+            if message["uid"] == chatty.as_str() {
+                passed += 1;
+            } else if message["uid"] == calm.as_str() {
+                calm_seen.push(message["data"].clone());
+            }
+        }
+    }
+    assert_eq!(calm_seen, (0..5).map(|i| json!(i)).collect::<Vec<_>>());
+    assert_eq!(
+        log_lines(&gw.aiot, "limits.node_messages_per_sec", &chatty),
+        1
+    );
+    assert_eq!(
+        log_lines(&gw.aiot, "limits.node_messages_per_sec", &calm),
+        0
+    );
+}
+
+#[tokio::test]
+async fn web_clients_past_the_maximum_are_refused_and_counted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_file(&dir, "[web]\nmax_clients = 1\n");
+    let (gw, node_addr, web) = gateway(None, &["--config", &config]);
+    let mut client = Peer::client(&format!("ws://{web}/ws")).await;
+    for _ in 0..3 {
+        let refused = tokio_tungstenite::connect_async(format!("ws://{web}/ws")).await;
+        assert!(refused.is_err(), "a second client was let in");
+    }
+    assert_eq!(hits(web, "web_max_clients").await, 3);
+    assert_eq!(gw.count_log("web.max_clients"), 1);
+    // The client that is in still gets everything.
+    let mut node = Peer::node(node_addr).await;
+    node.send_json(&json!({"type": "update", "data": {"name": "seen"}}))
+        .await;
+    uid_named(&mut client, "seen").await;
+}

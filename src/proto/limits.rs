@@ -32,15 +32,16 @@ pub const HISTORY_POINTS: usize = 120;
 /// stolen one) cannot fill the table and starve the others: a tenth of `MAX_NODES`.
 pub const MAX_NODES_PER_GATEWAY: usize = 1_000;
 
-/// Largest value of a node's resource, in bytes (a string's, or another value's JSON text).
-/// The same as the largest value a web client may write; pyaiot's biggest, the `js`
-/// resource's source, is a few KiB.
-pub const MAX_VALUE_BYTES: usize = 16 * 1024;
+/// Largest value of a node's resource, in bytes (a string's, or another value's JSON text):
+/// what a websocket frame (`MAX_FRAME_BYTES`) and a CoAP body (`coap.max_body_bytes`) carry,
+/// so that MQTT and MQTT-SN nodes and gateways are held to the same. pyaiot's biggest, the
+/// `js` resource's source, is a few KiB.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 /// Updates one node may send per second, on any channel; bursts of a node's whole set of
 /// resources plus twice that pass. RIOT nodes report every few seconds; a node past this
 /// is broken or hostile, and its excess is dropped before it costs every client.
-pub const NODE_MESSAGES_PER_SEC: u32 = 20;
+pub const NODE_MESSAGES_PER_SEC: u32 = 100;
 
 /// CoAP nodes waiting for their discovery (behind the `discovery_concurrency` running ones);
 /// an unknown node's `/alive` past this is answered 5.03 and it is registered at a later alive.

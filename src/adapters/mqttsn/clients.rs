@@ -245,7 +245,7 @@ impl Clients {
                 self.warned.clear();
             }
             if self.warned.insert(peer) {
-                tracing::warn!(%peer, max = self.settings.max_clients, "MQTT-SN client refused: the maximum is connected (mqttsn.max_clients); its further attempts are counted, not logged");
+                tracing::warn!(%peer, max = self.settings.max_clients, "MQTT-SN client refused: max_clients reached (mqttsn.max_clients); its further attempts are counted, not logged");
             } else {
                 tracing::debug!(%peer, "MQTT-SN client refused: max_clients reached");
             }
