@@ -43,15 +43,10 @@ impl World {
     async fn new() -> World {
         // The steady clients write after every attack, faster than the per-connection
         // message limit allows a browser: that limit has its own tests (tests/web_auth.rs).
-        // Likewise the steady node answers every probe at once, and the flood tests want every
-        // message through the pipeline: the per-node throttle is tested in tests/limits.rs.
         let config = tempfile::tempdir().expect("temp dir");
         let config_file = config.path().join("aiot.toml");
-        std::fs::write(
-            &config_file,
-            "[web]\nclient_messages_per_sec = 100000\n[limits]\nnode_messages_per_sec = 0\n",
-        )
-        .expect("write config");
+        std::fs::write(&config_file, "[web]\nclient_messages_per_sec = 100000\n")
+            .expect("write config");
         let config_arg = config_file.to_str().expect("utf-8 path");
         let (broker, broker_addr, keys) = broker_with_keys_args(&["--config", config_arg]);
         let key_file = key_file(&keys);

@@ -340,6 +340,8 @@ impl Actor {
         shutdown: CancellationToken,
     ) {
         let mut batch = Vec::with_capacity(BATCH);
+        let flush_every = std::time::Duration::from_millis(self.table.token_interval_ms());
+        let mut next_flush = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -353,6 +355,14 @@ impl Actor {
                     }
                 }
                 Some(source) = dropped.recv() => self.unregister(source),
+                // Only while a throttled node has values waiting: an idle hub never wakes.
+                () = tokio::time::sleep_until(next_flush), if self.table.has_deferred() => {}
+            }
+            // Here rather than in the branch above, so that a busy inbox cannot starve it.
+            let now = tokio::time::Instant::now();
+            if now >= next_flush && self.table.has_deferred() {
+                self.flush_deferred();
+                next_flush = now + flush_every;
             }
         }
     }
@@ -432,7 +442,6 @@ impl Actor {
     /// Counts a refusal, and logs it once per offender: per node for a node's own limits, per
     /// source for the table's.
     fn refused(&mut self, source: SourceId, refusal: &Refusal) {
-        self.metrics.refused();
         let (limit, first) = match *refusal {
             Refusal::Full { .. } => (Limit::Nodes, self.logged.insert((source, Limit::Nodes))),
             Refusal::SourceFull { .. } => (
@@ -441,22 +450,48 @@ impl Actor {
             ),
             Refusal::TooManyResources { first, .. } => (Limit::ResourcesPerNode, first),
             Refusal::ValueTooBig { first, .. } => (Limit::ValueBytes, first),
-            Refusal::TooFast { first, .. } => (Limit::NodeMessagesPerSec, first),
+            // Deferred, not lost: only a value replaced by a newer one is dropped and counted.
+            Refusal::TooFast {
+                first, replaced, ..
+            } => {
+                if replaced {
+                    self.metrics.refused();
+                    self.metrics.limit_hit(Limit::NodeMessagesPerSec);
+                }
+                if first {
+                    self.warn(source, refusal);
+                }
+                return;
+            }
             Refusal::UnknownNode(_) | Refusal::NotOwner(_) | Refusal::KeepAlive => {
+                self.metrics.refused();
                 tracing::debug!(source = ?source, "{refusal}");
                 return;
             }
         };
+        self.metrics.refused();
         self.metrics.limit_hit(limit);
+        if first {
+            self.warn(source, refusal);
+        } else {
+            tracing::debug!(source = ?source, "{refusal}");
+        }
+    }
+
+    /// The one log line of an offender, naming its source (on the broker: the gateway).
+    fn warn(&self, source: SourceId, refusal: &Refusal) {
         let name = self
             .sources
             .iter()
             .find(|s| s.id == source)
             .map_or("", |s| s.name.as_str());
-        if first {
-            tracing::warn!(source = %name, "limit hit: {refusal} (further hits are counted in aiot_limit_hits_total, not logged)");
-        } else {
-            tracing::debug!(source = %name, "{refusal}");
+        tracing::warn!(source = %name, "limit hit: {refusal} (further hits are counted in aiot_limit_hits_total, not logged)");
+    }
+
+    /// Sends the throttled values whose nodes' rate allows them now.
+    fn flush_deferred(&mut self) {
+        for message in self.table.flush_deferred(now_ms()) {
+            self.publish(message);
         }
     }
 

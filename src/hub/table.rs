@@ -29,6 +29,9 @@ struct Node {
     /// says each once per node.
     over_value_limit: bool,
     over_rate_limit: bool,
+    /// The newest value of each resource that came while the node was over its rate, sent
+    /// when its bucket refills: excess updates are dropped, but never the last word.
+    deferred: IndexMap<String, Value>,
 }
 
 /// A token bucket refilled at `rate` per second up to `capacity`, on the hub's clock.
@@ -56,6 +59,37 @@ impl Bucket {
             true
         } else {
             false
+        }
+    }
+}
+
+/// Makes `data` the current value of `endpoint`, and a point of its history if it is a fresh
+/// number (a replay for one client repeats a value already recorded).
+fn record(
+    node: &mut Node,
+    endpoint: &str,
+    data: &Value,
+    fresh: bool,
+    history_points: usize,
+    now_ms: u64,
+) {
+    if let Some(number) = reading::numeric(data).filter(|_| fresh) {
+        // Looked up before inserting, so the hot path copies no endpoint name.
+        let ring = match node.history.get_mut(endpoint) {
+            Some(ring) => ring,
+            None => node.history.entry(endpoint.to_owned()).or_default(),
+        };
+        if ring.len() == history_points {
+            ring.pop_front();
+        }
+        if history_points > 0 {
+            ring.push_back((now_ms, number));
+        }
+    }
+    match node.resources.get_mut(endpoint) {
+        Some(slot) => *slot = data.clone(),
+        None => {
+            node.resources.insert(endpoint.to_owned(), data.clone());
         }
     }
 }
@@ -130,9 +164,15 @@ pub enum Refusal {
         first: bool,
     },
     #[error(
-        "node {uid} sends more than {rate} messages/s: its excess updates are dropped (limits.node_messages_per_sec)"
+        "node {uid} sends more than {rate} messages/s: its excess updates are dropped, the newest of each resource is sent when the rate allows (limits.node_messages_per_sec)"
     )]
-    TooFast { uid: String, rate: u32, first: bool },
+    TooFast {
+        uid: String,
+        rate: u32,
+        first: bool,
+        /// Whether an older deferred value of the same resource was dropped for this one.
+        replaced: bool,
+    },
     #[error("node {uid} refused a new resource: it has {max} already")]
     TooManyResources {
         uid: String,
@@ -157,6 +197,8 @@ pub struct Table {
     node_burst: f64,
     /// Nodes owned by each source.
     owned: HashMap<SourceId, usize>,
+    /// Nodes with deferred values, in the order they were throttled.
+    deferred: indexmap::IndexSet<String>,
 }
 
 impl Table {
@@ -171,6 +213,7 @@ impl Table {
             node_rate: 0,
             node_burst: 0.0,
             owned: HashMap::new(),
+            deferred: indexmap::IndexSet::new(),
         }
     }
 
@@ -233,6 +276,8 @@ impl Table {
                     }
                     let previous = std::mem::replace(&mut node.owner, source);
                     if moved {
+                        // The old owner's throttled values are not the new owner's word.
+                        node.deferred.clear();
                         self.count(previous, -1);
                         self.count(source, 1);
                     }
@@ -271,6 +316,7 @@ impl Table {
                         rate: Bucket::full(self.node_burst, now_ms),
                         over_value_limit: false,
                         over_rate_limit: false,
+                        deferred: IndexMap::new(),
                     },
                 );
                 self.count(source, 1);
@@ -297,7 +343,12 @@ impl Table {
                         first,
                     });
                 }
-                if node.resources.len() >= max_resources && !node.resources.contains_key(endpoint) {
+                // Deferred values count too, so that a throttled node cannot park more names
+                // than it may have.
+                if node.resources.len() + node.deferred.len() >= max_resources
+                    && !node.resources.contains_key(endpoint)
+                    && !node.deferred.contains_key(endpoint)
+                {
                     let first = !node.over_resource_limit;
                     node.over_resource_limit = true;
                     return Err(Refusal::TooManyResources {
@@ -309,38 +360,32 @@ impl Table {
                 // A replay for one client repeats a value already recorded.
                 let fresh = *dst == Dst::All;
                 // Replays answer a client's arrival, not the node's chatter: they are free.
-                if fresh && rate > 0 && !node.rate.take(f64::from(rate), burst, now_ms) {
+                // Values wait behind those deferred before them, so none overtakes another.
+                if fresh
+                    && rate > 0
+                    && (!node.deferred.is_empty()
+                        || !node.rate.take(f64::from(rate), burst, now_ms))
+                {
                     let first = !std::mem::replace(&mut node.over_rate_limit, true);
+                    let replaced = node
+                        .deferred
+                        .insert(endpoint.clone(), data.clone())
+                        .is_some();
+                    self.deferred.insert(uid.clone());
                     return Err(Refusal::TooFast {
                         uid: uid.clone(),
                         rate,
                         first,
+                        replaced,
                     });
                 }
-                if let Some(number) = reading::numeric(data).filter(|_| fresh) {
-                    // Looked up before inserting, so the hot path copies no endpoint name.
-                    let ring = match node.history.get_mut(endpoint) {
-                        Some(ring) => ring,
-                        None => node.history.entry(endpoint.clone()).or_default(),
-                    };
-                    if ring.len() == history_points {
-                        ring.pop_front();
-                    }
-                    if history_points > 0 {
-                        ring.push_back((now_ms, number));
-                    }
-                }
-                match node.resources.get_mut(endpoint) {
-                    Some(slot) => *slot = data.clone(),
-                    None => {
-                        node.resources.insert(endpoint.clone(), data.clone());
-                    }
-                }
+                record(node, endpoint, data, fresh, history_points, now_ms);
                 Ok(Some(message))
             }
             NodeMessage::Out { ref uid } => {
                 self.owned(source, uid)?;
                 self.nodes.shift_remove(uid);
+                self.deferred.shift_remove(uid);
                 self.count(source, -1);
                 Ok(Some(message))
             }
@@ -348,11 +393,53 @@ impl Table {
                 let node = self.owned(source, uid)?;
                 node.resources.clear();
                 node.history.clear();
+                node.deferred.clear();
                 node.over_resource_limit = false;
                 Ok(Some(message))
             }
             NodeMessage::Alive => Err(Refusal::KeepAlive),
         }
+    }
+
+    /// Whether some node has values waiting for its rate to allow them.
+    pub fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+
+    /// How long a node waits for one more message, the pace of [`Table::flush_deferred`].
+    pub fn token_interval_ms(&self) -> u64 {
+        (1000 / u64::from(self.node_rate.max(1))).clamp(5, 1000)
+    }
+
+    /// The deferred values whose nodes' rate allows them now, oldest first, recorded as if
+    /// they had just arrived.
+    pub fn flush_deferred(&mut self, now_ms: u64) -> Vec<NodeMessage> {
+        let (rate, burst, history_points) = (
+            f64::from(self.node_rate),
+            self.node_burst,
+            self.history_points,
+        );
+        let nodes = &mut self.nodes;
+        let mut out = Vec::new();
+        self.deferred.retain(|uid| {
+            let Some(node) = nodes.get_mut(uid) else {
+                return false;
+            };
+            while !node.deferred.is_empty() && node.rate.take(rate, burst, now_ms) {
+                let Some((endpoint, data)) = node.deferred.shift_remove_index(0) else {
+                    break;
+                };
+                record(node, &endpoint, &data, true, history_points, now_ms);
+                out.push(NodeMessage::Update {
+                    uid: uid.clone(),
+                    endpoint,
+                    data,
+                    dst: Dst::All,
+                });
+            }
+            !node.deferred.is_empty()
+        });
+        out
     }
 
     fn owned(&mut self, source: SourceId, uid: &str) -> Result<&mut Node, Refusal> {
@@ -366,6 +453,9 @@ impl Table {
     /// Forgets every node of a source that went away, returning an `out` for each.
     pub fn remove_source(&mut self, source: SourceId) -> Vec<NodeMessage> {
         self.owned.remove(&source);
+        let nodes = &self.nodes;
+        self.deferred
+            .retain(|uid| nodes.get(uid).is_some_and(|node| node.owner != source));
         let mut outs = Vec::new();
         self.nodes.retain(|uid, node| {
             let keep = node.owner != source;
@@ -680,23 +770,25 @@ mod tests {
     }
 
     #[test]
-    fn a_chatty_node_is_throttled_alone_and_replays_are_free() {
+    fn a_chatty_node_is_throttled_alone_and_its_newest_values_follow() {
         // 2 per second, burst 8 resources + 4 = 12.
         let mut table = Table::new(10, 8, 3).with_limits(usize::MAX, usize::MAX, 2);
         table.apply(A, new("chatty"), 0).expect("new");
         table.apply(A, new("calm"), 0).expect("new");
-        let sent = (0..20)
-            .filter(|_| table.apply(A, update("chatty", "t", json!(1)), 0).is_ok())
-            .count();
-        assert_eq!(sent, 12);
-        assert_eq!(
-            table.apply(A, update("chatty", "t", json!(2)), 0),
+        let results: Vec<_> = (0..20)
+            .map(|i| table.apply(A, update("chatty", "t", json!(i)), 0))
+            .collect();
+        assert!(results[..12].iter().all(Result::is_ok));
+        let too_fast = |first, replaced| {
             Err(Refusal::TooFast {
                 uid: "chatty".into(),
                 rate: 2,
-                first: false
+                first,
+                replaced,
             })
-        );
+        };
+        assert_eq!(results[12], too_fast(true, false));
+        assert!(results[13..].iter().all(|r| *r == too_fast(false, true)));
         assert!(table.apply(A, update("calm", "t", json!(1)), 0).is_ok());
         let replay = NodeMessage::Update {
             uid: "chatty".into(),
@@ -705,12 +797,25 @@ mod tests {
             dst: Dst::Client("c".into()),
         };
         assert!(table.apply(A, replay, 0).is_ok());
-        // Half a second later one more token has come.
-        assert!(table.apply(A, update("chatty", "t", json!(3)), 500).is_ok());
-        assert!(
-            table
-                .apply(A, update("chatty", "t", json!(4)), 500)
-                .is_err()
+        // A value of another resource waits behind the deferred one.
+        assert_eq!(
+            table.apply(A, update("chatty", "u", json!("x")), 0),
+            too_fast(false, false)
+        );
+        assert!(table.flush_deferred(100).is_empty(), "no token yet");
+        // Half a second later one token has come: the newest value goes out, then the next.
+        assert_eq!(
+            table.flush_deferred(500),
+            [update("chatty", "t", json!(19))]
+        );
+        assert_eq!(
+            table.flush_deferred(1000),
+            [update("chatty", "u", json!("x"))]
+        );
+        assert!(!table.has_deferred());
+        assert_eq!(
+            table.snapshot().nodes[0].resources[0],
+            ("t".into(), json!(19))
         );
     }
 }

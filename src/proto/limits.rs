@@ -40,7 +40,8 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 /// Updates one node may send per second, on any channel; bursts of a node's whole set of
 /// resources plus twice that pass. RIOT nodes report every few seconds; a node past this
-/// is broken or hostile, and its excess is dropped before it costs every client.
+/// is broken or hostile: its values wait for the rate and only the newest of each resource
+/// is kept, so it costs every client no more than this and still shows its last word.
 pub const NODE_MESSAGES_PER_SEC: u32 = 100;
 
 /// CoAP nodes waiting for their discovery (behind the `discovery_concurrency` running ones);
