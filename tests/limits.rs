@@ -430,3 +430,73 @@ async fn web_clients_past_the_maximum_are_refused_and_counted() {
         .await;
     uid_named(&mut client, "seen").await;
 }
+
+/// libcoap's `coap-client` posting `payload` to the gateway's `path` from `from`, confirmable.
+fn coap_post(gateway: SocketAddr, from: &str, path: &str, payload: &str) {
+    let output = std::process::Command::new("coap-client-notls")
+        .args(["-a", from, "-m", "post", "-B", "5", "-e", payload])
+        .arg(format!("coap://{gateway}/{path}"))
+        .output()
+        .expect("coap-client-notls runs (ci/test installs Debian's libcoap3-bin)");
+    assert!(
+        output.status.success(),
+        "coap-client {path} {payload}: {output:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_chatty_coap_node_is_throttled_alone() {
+    const FLOOD: u64 = 40;
+    let gw = coap_support::gateway(
+        20393,
+        "[limits]\nnode_messages_per_sec = 3\nmax_resources_per_node = 4\n",
+        &[],
+    );
+    let mut client = Peer::client(&format!("ws://{}/ws", gw.web)).await;
+    let (chatty, calm) = ("127.47.0.1", "127.47.0.2");
+    coap_post(gw.coap, chatty, "alive", "alive:coap-chatty");
+    coap_post(gw.coap, calm, "alive", "alive:coap-calm");
+    for i in 0..FLOOD {
+        coap_post(gw.coap, chatty, "server", &format!("count:{i}"));
+    }
+    for i in 0..3 {
+        coap_post(gw.coap, calm, "server", &format!("count:{i}"));
+    }
+    let (mut passed, mut calm_seen, mut last) = (0u64, Vec::new(), Value::Null);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let dropped = hits(gw.web, "node_messages_per_sec").await;
+        if passed + dropped == FLOOD
+            && calm_seen.len() == 3
+            && last == json!((FLOOD - 1).to_string())
+        {
+            assert!(dropped > 0, "nothing was throttled");
+            println!("{FLOOD} CoAP posts from the chatty node: {passed} passed, {dropped} dropped");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{passed} passed, {dropped} dropped of {FLOOD}, the last {last}; calm: {calm_seen:?}"
+        );
+        while let Some(message) = client.next_json(Duration::from_millis(200)).await {
+            if message["endpoint"] != "count" {
+                continue;
+            }
+            if message["uid"] == "coap-chatty" {
+                passed += 1;
+                last = message["data"].clone();
+            } else if message["uid"] == "coap-calm" {
+                calm_seen.push(message["data"].clone());
+            }
+        }
+    }
+    assert_eq!(calm_seen, ["0", "1", "2"].map(|v| json!(v)));
+    assert_eq!(
+        logged(&gw.aiot, "limits.node_messages_per_sec", "coap-chatty"),
+        1
+    );
+    assert_eq!(
+        log_lines(&gw.aiot, "limits.node_messages_per_sec", "coap-calm"),
+        0
+    );
+}
