@@ -22,7 +22,7 @@ use super::auth::Access;
 use super::security::{ClientSlot, Counters, Guard};
 use super::socket::{self, Ending, READ_BUFFER_BYTES, WsLimits};
 use crate::hub::{ClientId, Event, Hub, Snapshot};
-use crate::metrics::Channel;
+use crate::metrics::{Channel, Limit};
 use crate::proto::broker::{ClientMessage, Dst, NodeMessage, Write};
 use crate::runtime::Supervisor;
 
@@ -58,6 +58,7 @@ pub async fn upgrade(
     State(endpoint): State<ClientEndpoint>,
 ) -> Response {
     let Some(slot) = endpoint.guard.admit() else {
+        endpoint.hub.metrics().limit_hit(Limit::WebClients);
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "too many web clients are connected; try again later",
@@ -294,6 +295,7 @@ async fn session(
                 };
                 if !conduct.rate.take() {
                     Counters::add(&guard.counters.messages_rate_limited);
+                    metrics.limit_hit(Limit::ClientMessagesPerSec);
                     if !std::mem::replace(&mut conduct.logged_rate, true) {
                         tracing::warn!(client = %view.id, %peer, "web client sends too fast: dropping its excess messages (web.client_messages_per_sec)");
                     }
