@@ -132,6 +132,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn init_tracing(debug: bool) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     // rumqttd (the embedded MQTT broker) logs an ERROR for every ordinary disconnect; its
     // real failures reach us as the broker task's error.
     let default = if debug {
@@ -139,13 +141,27 @@ fn init_tracing(debug: bool) {
     } else {
         "aiot=info,warn,rumqttd=off"
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // `Targets` takes RUST_LOG's `target=level,...,level` lists without EnvFilter's span and
+    // field matching, whose regex engine cost the board binary ~0.3 MB (docs/benchmarks.md).
+    let mut bad_env = None;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(value) if !value.trim().is_empty() => value.parse().unwrap_or_else(|error| {
+            bad_env = Some(format!("ignoring RUST_LOG={value:?} ({error})"));
+            default.parse().expect("the default filter parses")
+        }),
+        _ => default
+            .parse::<tracing_subscriber::filter::Targets>()
+            .expect("the default filter parses"),
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .finish()
+        .with(filter)
         .init();
+    if let Some(warning) = bad_env {
+        tracing::warn!("{warning}");
+    }
 }
 
 /// Applies the look flags shared by every role that serves the web UI.
