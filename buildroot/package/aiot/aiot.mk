@@ -19,7 +19,7 @@ AIOT_LICENSE = BSD-3-Clause
 
 # The appliance's binary favours size, as the release-small profile does on the host.
 AIOT_CARGO_ENV = \
-	CARGO_PROFILE_RELEASE_OPT_LEVEL=s \
+	CARGO_PROFILE_RELEASE_OPT_LEVEL=z \
 	CARGO_PROFILE_RELEASE_LTO=fat \
 	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
 	CARGO_PROFILE_RELEASE_PANIC=abort

@@ -20,9 +20,10 @@ require ${BPN}-crates.inc
 CARGO_LOCK_SRC_DIR = "${S}"
 CARGO_BUILD_FLAGS:append = " --bin aiot"
 # The appliance's size-optimised build, as the release-small profile does on the host.
-export CARGO_PROFILE_RELEASE_OPT_LEVEL = "s"
+export CARGO_PROFILE_RELEASE_OPT_LEVEL = "z"
 export CARGO_PROFILE_RELEASE_LTO = "fat"
 export CARGO_PROFILE_RELEASE_CODEGEN_UNITS = "1"
+export CARGO_PROFILE_RELEASE_PANIC = "abort"
 
 USERADD_PACKAGES = "${PN}"
 USERADD_PARAM:${PN} = "--system --user-group --home-dir /var/lib/aiot --no-create-home \
