@@ -86,6 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         // The bench runs the roles as child processes and its own runtime for the load.
+        #[cfg(feature = "bench")]
         Command::Bench(args) => return crate::bench::run(args, cli.config.as_deref()),
         _ => {}
     }
@@ -116,9 +117,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Command::Dashboard(args) => start_dashboard(&supervisor, config, args).await?,
             Command::Demo(args) => start_demo(&supervisor, config, args).await?,
-            Command::Config(_) | Command::Keys(_) | Command::Password(_) | Command::Bench(_) => {
+            Command::Config(_) | Command::Keys(_) | Command::Password(_) => {
                 unreachable!("handled above")
             }
+            #[cfg(feature = "bench")]
+            Command::Bench(_) => unreachable!("handled above"),
         }
         // Every listener is bound by now: the roles bind before they start.
         crate::runtime::notify::start(&supervisor);
