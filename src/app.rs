@@ -156,10 +156,13 @@ fn init_tracing(debug: bool) {
             .parse::<tracing_subscriber::filter::Targets>()
             .expect("the default filter parses"),
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .finish()
+    // The filter decides alone: `fmt()`'s subscriber would also cap everything at INFO.
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .with(filter)
         .init();
     if let Some(warning) = bad_env {
