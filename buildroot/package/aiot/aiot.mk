@@ -19,10 +19,12 @@ AIOT_LICENSE = BSD-3-Clause
 
 # The appliance's binary favours size, as the release-small profile does on the host.
 AIOT_CARGO_ENV = \
-	CARGO_PROFILE_RELEASE_OPT_LEVEL=s \
+	CARGO_PROFILE_RELEASE_OPT_LEVEL=z \
 	CARGO_PROFILE_RELEASE_LTO=fat \
 	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
 	CARGO_PROFILE_RELEASE_PANIC=abort
+# No `aiot bench` on the device (a development tool), as scripts/build-aarch64 builds it.
+AIOT_CARGO_BUILD_OPTS = --no-default-features
 
 # The same account as overlay/usr/lib/sysusers.d/aiot.conf, made at build time so that a
 # read-only root file system has it from the first boot.

@@ -18,11 +18,13 @@ require ${BPN}-crates.inc
 
 # Only the root Cargo.lock: fuzz/ is a separate workspace that is not built here.
 CARGO_LOCK_SRC_DIR = "${S}"
-CARGO_BUILD_FLAGS:append = " --bin aiot"
+# No `aiot bench` on the device (a development tool), as scripts/build-aarch64 builds it.
+CARGO_BUILD_FLAGS:append = " --bin aiot --no-default-features"
 # The appliance's size-optimised build, as the release-small profile does on the host.
-export CARGO_PROFILE_RELEASE_OPT_LEVEL = "s"
+export CARGO_PROFILE_RELEASE_OPT_LEVEL = "z"
 export CARGO_PROFILE_RELEASE_LTO = "fat"
 export CARGO_PROFILE_RELEASE_CODEGEN_UNITS = "1"
+export CARGO_PROFILE_RELEASE_PANIC = "abort"
 
 USERADD_PACKAGES = "${PN}"
 USERADD_PARAM:${PN} = "--system --user-group --home-dir /var/lib/aiot --no-create-home \
