@@ -13,12 +13,18 @@
 //!
 //! During each fault the gateway's table changes: a node leaves, another joins, and every
 //! node's LED is switched on from the gateway's dashboard, so that a stale node or a lost
-//! update on the broker's side shows after recovery. Faults: the gateway's veth end down
-//! (link cut); `tc netem loss 30%` on both ends (skipped, with a printed reason, where the
-//! kernel has no netem); a `bfifo limit 0` qdisc on both ends, which silently drops every
-//! packet while both sockets stay open (half-open); SIGKILL of each process.
+//! update on the broker's side shows after recovery; under loss the LEDs are switched back
+//! from the broker's side too. After recovery the test also waits for the broker to let go of
+//! any dead connection of the gateway and checks again, so the end of a stale connection
+//! cannot take nodes with it unseen. Faults: the gateway's veth end down (link cut); 30 % of
+//! the packets leaving each veth end dropped, by `tc netem loss 30%` where the kernel has
+//! netem, else by an nftables `numgen random` rule on the veth's output (counted, so the test
+//! fails if nothing was dropped); a `bfifo limit 0` qdisc on both ends, which silently drops
+//! every packet while both sockets stay open (half-open, which the gateway's ping must find);
+//! SIGKILL of each process.
 //!
-//! Without root or `ip` (no namespaces) the tests print why and pass without testing.
+//! Without root or `ip` (no namespaces), or with neither netem nor nftables for the loss, the
+//! tests print why and pass without testing.
 
 mod common;
 
@@ -38,6 +44,16 @@ const BACKOFF_MAX_SECS: u64 = 4;
 const CONNECT_TIMEOUT_SECS: u64 = 3;
 const GATEWAY_WS: &str = "ws://127.0.0.1:8080/ws";
 const BROKER_WS: &str = "ws://127.0.0.1:8000/ws";
+
+/// The nftables table that drops packets where the kernel has no netem.
+const NFT_TABLE: &str = "aiot_loss";
+
+/// How packets are being dropped on the link.
+#[derive(Clone, Copy, Debug)]
+enum Loss {
+    Netem,
+    Nft,
+}
 
 /// Runs `ip ARGS`; the error says what failed.
 fn ip(args: &[&str]) -> Result<(), String> {
@@ -117,6 +133,21 @@ impl Netns {
         let mut full = vec!["netns", "exec", &self.name, program];
         full.extend_from_slice(args);
         ip(&full)
+    }
+    /// The standard output of `ip netns exec NS PROGRAM ARGS`, which must succeed.
+    fn output(&self, program: &str, args: &[&str]) -> String {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .output()
+            .expect("ip runs");
+        assert!(
+            output.status.success(),
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("utf-8")
     }
 }
 
@@ -389,6 +420,8 @@ impl Testbed {
     /// What happens at the gateway during a fault: a node leaves, another joins, and every
     /// node's LED is switched on from the gateway's dashboard.
     fn churn(&mut self) {
+        let before = self.gateway_view();
+        assert_eq!(before.len(), 3, "three nodes before the churn: {before:#?}");
         if let Some(mut leaving) = self.leaving.take() {
             leaving.kill();
         }
@@ -397,7 +430,9 @@ impl Testbed {
         loop {
             let view = self.gateway_view();
             let all_on = view.values().all(|r| r.get("led") == Some(&json!("1")));
-            if view.len() == 3 && all_on {
+            // Two nodes stayed, the leaving one is gone and a new one is there.
+            let stayed = view.keys().filter(|uid| before.contains_key(*uid)).count();
+            if view.len() == 3 && stayed == 2 && all_on {
                 return;
             }
             assert!(start.elapsed() < TIMEOUT * 3, "churn: {view:#?}");
@@ -416,11 +451,168 @@ impl Testbed {
         }
     }
 
+    /// Switches every node's LED to `payload` from the broker's web client, through the
+    /// uplink, until the gateway's table shows it; a write lost with a dropped connection is
+    /// sent again, as a user would click again. Returns how many rounds of writes it took.
+    fn write_from_broker(&mut self, payload: &'static str, limit: Duration) -> usize {
+        let start = Instant::now();
+        let mut rounds = 0;
+        loop {
+            let view = self.gateway_view();
+            if view.values().all(|r| r.get("led") == Some(&json!(payload))) {
+                return rounds;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "writes from the broker did not reach the nodes within {limit:?}: {view:#?}"
+            );
+            rounds += 1;
+            let Watcher { mut peer, mut view } = self.watcher.take().expect("a watcher");
+            let uids: Vec<String> = self.gateway_view().into_keys().collect();
+            let (peer, view) = self.broker_ns.run(async move {
+                for uid in uids {
+                    peer.write(&uid, "led", payload).await;
+                }
+                // Give the writes a few seconds to cross the lossy link, keeping the view.
+                let until = tokio::time::Instant::now() + Duration::from_secs(5);
+                while tokio::time::Instant::now() < until {
+                    if let Some(message) = peer.next_json(Duration::from_millis(300)).await {
+                        apply(&mut view, &message);
+                    }
+                }
+                (peer, view)
+            });
+            self.watcher = Some(Watcher { peer, view });
+        }
+    }
+
+    /// Waits until the broker has let go of every earlier connection of the gateway (a dead
+    /// one lingers until the broker's own ping drops it), then checks agreement again: the end
+    /// of a stale connection must not take away the nodes the live one brought back. Returns
+    /// how long the broker took to let go.
+    fn settle(&mut self) -> Duration {
+        let start = Instant::now();
+        loop {
+            let broker = self.broker.as_ref().expect("a broker");
+            let opened = broker.count_log("gateway connected");
+            let ended = ["gateway disconnected", "gateway closed", "gateway dropped"]
+                .iter()
+                .map(|needle| broker.count_log(needle))
+                .sum::<usize>();
+            if ended + 1 >= opened {
+                break;
+            }
+            assert!(
+                start.elapsed() < broker_drop_bound(),
+                "the broker still holds {} dead gateway connection(s) after {:?}",
+                opened - ended - 1,
+                broker_drop_bound()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let took = start.elapsed();
+        self.converge(3, recovery_bound());
+        took
+    }
+
+    /// How many times the gateway has said its uplink is gone so far.
+    fn uplink_losses(&self) -> usize {
+        self.gateway().count_log("retrying in")
+    }
+
     /// Waits for the gateway to say the uplink is gone (the `connection lost` or a failed
-    /// attempt's `retrying in`), the `count`th time; returns how long that took since `start`.
-    fn uplink_lost(&self, start: Instant, count: usize, limit: Duration) -> Duration {
-        self.gateway().wait_for_count("retrying in", count, limit);
-        start.elapsed()
+    /// attempt's `retrying in`) once more than `before` times; returns how long that took since
+    /// `start`, and the line, which says why.
+    fn uplink_lost(&self, before: usize, start: Instant, limit: Duration) -> (Duration, String) {
+        let gateway = self.gateway();
+        gateway.wait_for_count("retrying in", before + 1, limit);
+        let took = start.elapsed();
+        let line = gateway
+            .log_text()
+            .lines()
+            .filter(|line| line.contains("retrying in"))
+            .nth(before)
+            .expect("the line just counted")
+            .to_owned();
+        (took, line)
+    }
+
+    /// Drops `percent` % of the packets leaving each veth end, so each direction of the link
+    /// loses that share: `tc netem` where the kernel has it, else an nftables rule that drops
+    /// at random (`numgen random`). Only the veth is touched; loopback inside the namespaces
+    /// (the nodes, the web clients) stays lossless.
+    fn add_loss(&self, percent: u32) -> Result<Loss, String> {
+        let netem_why = match self.qdisc("add", &["netem", "loss", &format!("{percent}%")]) {
+            Ok(()) => return Ok(Loss::Netem),
+            Err(why) => why,
+        };
+        for (ns, dev) in [(&self.broker_ns, "b0"), (&self.gateway_ns, "g0")] {
+            // Every packet crosses one end's output and the other end's input: dropping on
+            // output at both ends loses `percent` % each way (on input too would double it).
+            let rules = format!(
+                "table inet {NFT_TABLE} {{\n  chain out {{\n    type filter hook output priority 0; \
+                 policy accept;\n    oifname \"{dev}\" counter\n    oifname \"{dev}\" numgen \
+                 random mod 100 < {percent} counter drop\n  }}\n}}\n"
+            );
+            let file = self.path(&format!("loss-{dev}.nft"));
+            std::fs::write(&file, rules).expect("rules written");
+            ns.exec("nft", &["-f", &file])
+                .map_err(|nft_why| format!("no netem ({netem_why}) and no nftables ({nft_why})"))?;
+        }
+        Ok(Loss::Nft)
+    }
+
+    /// Packets that tried to leave both veth ends, and how many of them the loss dropped.
+    fn loss_counts(&self, loss: Loss) -> (u64, u64) {
+        let mut counts = (0, 0);
+        for (ns, dev) in [(&self.broker_ns, "b0"), (&self.gateway_ns, "g0")] {
+            let (sent, dropped) = match loss {
+                Loss::Netem => {
+                    let stats = ns.output("tc", &["-s", "qdisc", "show", "dev", dev]);
+                    // ` Sent 1234 bytes 56 pkt (dropped 7, overlimits 0 requeues 0)`
+                    let number = |after: &str| -> u64 {
+                        stats
+                            .split(after)
+                            .nth(1)
+                            .and_then(|rest| rest.split([' ', ',']).next())
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or_else(|| panic!("no {after:?} in {stats}"))
+                    };
+                    let dropped = number("(dropped ");
+                    (number(" bytes ") + dropped, dropped)
+                }
+                Loss::Nft => {
+                    let listing = ns.output("nft", &["-j", "list", "table", "inet", NFT_TABLE]);
+                    let listing: Value = serde_json::from_str(&listing).expect("nft's JSON");
+                    let counters: Vec<u64> = listing["nftables"]
+                        .as_array()
+                        .expect("a list")
+                        .iter()
+                        .filter_map(|item| item["rule"]["expr"].as_array())
+                        .filter_map(|expr| {
+                            expr.iter().find_map(|e| e["counter"]["packets"].as_u64())
+                        })
+                        .collect();
+                    assert_eq!(counters.len(), 2, "two counters in {listing}");
+                    (counters[0], counters[1])
+                }
+            };
+            counts.0 += sent;
+            counts.1 += dropped;
+        }
+        counts
+    }
+
+    fn remove_loss(&self, loss: Loss) {
+        match loss {
+            Loss::Netem => self.qdisc("del", &[]).expect("netem removed"),
+            Loss::Nft => {
+                for ns in [&self.broker_ns, &self.gateway_ns] {
+                    ns.exec("nft", &["delete", "table", "inet", NFT_TABLE])
+                        .expect("nft table removed");
+                }
+            }
+        }
     }
 
     fn qdisc(&self, action: &str, spec: &[&str]) -> Result<(), String> {
@@ -439,6 +631,12 @@ fn detection_bound() -> Duration {
     Duration::from_secs(3 * PING_SECS * 3 + 5)
 }
 
+/// How long the broker may hold a dead gateway connection: its ping (every 15 s) drops a
+/// gateway silent for two intervals, so three intervals, with room for a loaded machine.
+fn broker_drop_bound() -> Duration {
+    Duration::from_secs(3 * 15 * 2)
+}
+
 /// How long recovery may take once the path is back: a connect attempt, the backoff cap, and
 /// the resend, three times over.
 fn recovery_bound() -> Duration {
@@ -450,13 +648,15 @@ fn a_link_cut_for_60_s_then_restored() {
     let Some(mut bed) = Testbed::new("link cut") else {
         return;
     };
+    let before = bed.uplink_losses();
     let cut = Instant::now();
     ip(&["-n", &bed.gateway_ns.name, "link", "set", "g0", "down"]).expect("link down");
-    let detected = bed.uplink_lost(cut, 1, detection_bound());
+    let (detected, _) = bed.uplink_lost(before, cut, detection_bound());
     bed.churn();
     std::thread::sleep(Duration::from_secs(60).saturating_sub(cut.elapsed()));
     ip(&["-n", &bed.gateway_ns.name, "link", "set", "g0", "up"]).expect("link up");
     let recovered = bed.converge(3, recovery_bound());
+    bed.settle();
     let broker = bed.broker.as_ref().expect("a broker");
     let by_ping = broker.count_log("no answer from the gateway");
     eprintln!(
@@ -466,26 +666,51 @@ fn a_link_cut_for_60_s_then_restored() {
     );
 }
 
+/// How long the link stays lossy: many pings, and time for the uplink to reconnect through the
+/// loss should it give up.
+const LOSS_SECS: u64 = 40;
+
 #[test]
 fn thirty_percent_packet_loss() {
     let Some(mut bed) = Testbed::new("30 % loss") else {
         return;
     };
-    if let Err(why) = bed.qdisc("add", &["netem", "loss", "30%"]) {
-        eprintln!("SKIPPED 30 % loss: this kernel has no netem ({why})");
-        return;
-    }
+    let reconnects_before = bed.uplink_losses();
+    let loss = match bed.add_loss(30) {
+        Ok(loss) => loss,
+        Err(why) => {
+            eprintln!("SKIPPED 30 % loss: {why}");
+            return;
+        }
+    };
     let start = Instant::now();
     bed.churn();
+    // The LEDs go off again from the broker's side: writes cross the lossy link the other way.
+    let rounds = bed.write_from_broker("0", Duration::from_secs(120));
     // TCP carries the uplink through the loss (or the uplink reconnects): either way the
-    // broker must end up agreeing while the loss lasts.
-    let agreed = bed.converge(3, Duration::from_secs(90));
-    let reconnects = bed.gateway().count_log("retrying in");
-    bed.qdisc("del", &[]).expect("loss removed");
+    // broker must agree while the loss lasts, and still agree at its end.
+    let agreed = bed.converge(3, Duration::from_secs(120));
+    let agreed_at = start.elapsed();
+    std::thread::sleep(Duration::from_secs(LOSS_SECS).saturating_sub(start.elapsed()));
+    bed.converge(3, Duration::from_secs(120));
+    let lossy_for = start.elapsed();
+    let (packets, dropped) = bed.loss_counts(loss);
+    let reconnects = bed.uplink_losses() - reconnects_before;
+    bed.remove_loss(loss);
+    let share = dropped as f64 / packets.max(1) as f64;
+    // Not a timing: the loss must have been real, or the test tested nothing.
+    assert!(
+        packets >= 100 && (0.1..0.5).contains(&share),
+        "{dropped} of {packets} packets dropped"
+    );
+    let recovered = bed.converge(3, recovery_bound());
+    let let_go = bed.settle();
     eprintln!(
-        "30 % loss: the broker agreed {agreed:.1?} after the churn ({:.1?} in all), \
-         {reconnects} uplink reconnects",
-        start.elapsed()
+        "30 % loss ({loss:?}): {dropped} of {packets} packets dropped ({:.0} %) over \
+         {lossy_for:.1?}; {reconnects} uplink reconnect(s); broker writes needed {rounds} \
+         round(s); the broker agreed {agreed:.1?} after the writes ({agreed_at:.1?} into the \
+         loss), {recovered:.1?} after the loss ended; stale connections gone after {let_go:.1?}",
+        share * 100.0
     );
 }
 
@@ -495,14 +720,16 @@ fn the_broker_killed_and_restarted() {
         return;
     };
     bed.watcher = None;
+    let before = bed.uplink_losses();
     let kill = Instant::now();
     bed.broker.take().expect("a broker").kill();
-    let detected = bed.uplink_lost(kill, 1, detection_bound());
+    let (detected, _) = bed.uplink_lost(before, kill, detection_bound());
     bed.churn();
     let restart = Instant::now();
     bed.start_broker();
     bed.watch();
     let recovered = bed.converge(3, recovery_bound());
+    bed.settle();
     eprintln!(
         "broker SIGKILL: the gateway noticed after {detected:.1?}; the restarted broker agreed \
          after {:.1?} ({recovered:.1?} of it waiting for agreement)",
@@ -546,6 +773,7 @@ fn the_gateway_killed_and_restarted_with_its_nodes_reconnecting() {
     let restart = Instant::now();
     bed.start_gateway();
     let recovered = bed.converge(3, recovery_bound());
+    bed.settle();
     let after = bed.watcher.as_ref().expect("a watcher").view.clone();
     assert!(
         after.keys().all(|uid| !before.contains_key(uid)),
@@ -565,15 +793,26 @@ fn a_half_open_uplink_is_found_by_ping_and_reconnected() {
     };
     // A FIFO that holds no bytes: every packet is dropped silently, no RST, no ICMP, and both
     // sockets stay open.
+    let before = bed.uplink_losses();
     let cut = Instant::now();
     bed.qdisc("add", &["bfifo", "limit", "0"])
         .expect("a dropping qdisc");
-    let detected = bed.uplink_lost(cut, 1, detection_bound());
+    let (detected, why) = bed.uplink_lost(before, cut, detection_bound());
+    assert!(
+        why.contains("no answer from the broker"),
+        "the dead uplink was found by its ping going unanswered, not otherwise: {why}"
+    );
     bed.churn();
     bed.qdisc("del", &[]).expect("path restored");
     let recovered = bed.converge(3, recovery_bound());
+    // The broker's side of the dead connection ends by the broker's own ping or the gateway's
+    // retransmitted FIN; either way it must not take the nodes back with it.
+    let let_go = bed.settle();
     eprintln!(
-        "half-open: ping/pong found the dead uplink after {detected:.1?} (ping every \
-         {PING_SECS} s); the broker agreed {recovered:.1?} after the path came back"
+        "half-open: ping/pong found the dead uplink after {detected:.1?} ({:.1} ping intervals \
+         of {PING_SECS} s, bound {:?}); the broker agreed {recovered:.1?} after the path came \
+         back and let go of the dead connection {let_go:.1?} later",
+        detected.as_secs_f64() / PING_SECS as f64,
+        detection_bound()
     );
 }
