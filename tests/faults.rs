@@ -30,7 +30,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Aiot, Peer, TIMEOUT};
@@ -330,8 +331,9 @@ impl Testbed {
             "8001",
             "--web-port",
             "8080",
+            // CoAP nodes may sit behind a second veth (the CoAP loss test).
             "--coap-bind",
-            "127.0.0.1",
+            "0.0.0.0",
             "--mqtt-bind",
             "127.0.0.1",
             "--broker-host",
@@ -486,6 +488,65 @@ impl Testbed {
         }
     }
 
+    /// Writes `value` to the CoAP node `uid`'s LED from the broker's web client and waits
+    /// until the node (its own log) and the gateway's table have it. When the gateway gives up
+    /// on the write (every retransmission lost), it is written again, as a user would click
+    /// again. Returns how long it took and how many writes were sent.
+    fn switch_coap_led(
+        &mut self,
+        node: &Aiot,
+        uid: &str,
+        value: &'static str,
+        limit: Duration,
+    ) -> (Duration, usize) {
+        let switched = || {
+            node.log_text()
+                .lines()
+                .filter(|l| l.contains("LED switched") && l.contains(uid))
+                .filter(|l| l.contains(&format!("value={value}")))
+                .count()
+        };
+        let failed = |gateway: &Aiot| {
+            gateway
+                .log_text()
+                .lines()
+                .filter(|l| l.contains("CoAP write failed") && l.contains(uid))
+                .count()
+        };
+        let (switched_before, mut failed_before) = (switched(), failed(self.gateway()));
+        let start = Instant::now();
+        let mut writes = 0;
+        let mut write = true;
+        loop {
+            if write {
+                writes += 1;
+                let Watcher { mut peer, view } = self.watcher.take().expect("a watcher");
+                let owned = uid.to_owned();
+                let peer = self.broker_ns.run(async move {
+                    peer.write(&owned, "led", value).await;
+                    peer
+                });
+                self.watcher = Some(Watcher { peer, view });
+                write = false;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            if switched() > switched_before {
+                let shown = self.gateway_view()[uid].get("led") == Some(&json!(value));
+                if shown {
+                    return (start.elapsed(), writes);
+                }
+            }
+            if failed(self.gateway()) > failed_before {
+                failed_before = failed(self.gateway());
+                write = true;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "LED {value} of {uid} not switched in {limit:?} ({writes} writes)"
+            );
+        }
+    }
+
     /// Waits until the broker has let go of every earlier connection of the gateway (a dead
     /// one lingers until the broker's own ping drops it), then checks agreement again: the end
     /// of a stale connection must not take away the nodes the live one brought back. Returns
@@ -537,92 +598,99 @@ impl Testbed {
         (took, line)
     }
 
-    /// Drops `percent` % of the packets leaving each veth end, so each direction of the link
-    /// loses that share: `tc netem` where the kernel has it, else an nftables rule that drops
-    /// at random (`numgen random`). Only the veth is touched; loopback inside the namespaces
-    /// (the nodes, the web clients) stays lossless.
-    fn add_loss(&self, percent: u32) -> Result<Loss, String> {
-        let netem_why = match self.qdisc("add", &["netem", "loss", &format!("{percent}%")]) {
-            Ok(()) => return Ok(Loss::Netem),
-            Err(why) => why,
-        };
-        for (ns, dev) in [(&self.broker_ns, "b0"), (&self.gateway_ns, "g0")] {
-            // Every packet crosses one end's output and the other end's input: dropping on
-            // output at both ends loses `percent` % each way (on input too would double it).
-            let rules = format!(
-                "table inet {NFT_TABLE} {{\n  chain out {{\n    type filter hook output priority 0; \
-                 policy accept;\n    oifname \"{dev}\" counter\n    oifname \"{dev}\" numgen \
-                 random mod 100 < {percent} counter drop\n  }}\n}}\n"
-            );
-            let file = self.path(&format!("loss-{dev}.nft"));
-            std::fs::write(&file, rules).expect("rules written");
-            ns.exec("nft", &["-f", &file])
-                .map_err(|nft_why| format!("no netem ({netem_why}) and no nftables ({nft_why})"))?;
-        }
-        Ok(Loss::Nft)
+    /// The uplink's veth: the broker's end and the gateway's.
+    fn uplink(&self) -> Link<'_> {
+        [(&self.broker_ns, "b0"), (&self.gateway_ns, "g0")]
     }
+}
 
-    /// Packets that tried to leave both veth ends, and how many of them the loss dropped.
-    fn loss_counts(&self, loss: Loss) -> (u64, u64) {
-        let mut counts = (0, 0);
-        for (ns, dev) in [(&self.broker_ns, "b0"), (&self.gateway_ns, "g0")] {
-            let (sent, dropped) = match loss {
-                Loss::Netem => {
-                    let stats = ns.output("tc", &["-s", "qdisc", "show", "dev", dev]);
-                    // ` Sent 1234 bytes 56 pkt (dropped 7, overlimits 0 requeues 0)`
-                    let number = |after: &str| -> u64 {
-                        stats
-                            .split(after)
-                            .nth(1)
-                            .and_then(|rest| rest.split([' ', ',']).next())
-                            .and_then(|n| n.parse().ok())
-                            .unwrap_or_else(|| panic!("no {after:?} in {stats}"))
-                    };
-                    let dropped = number("(dropped ");
-                    (number(" bytes ") + dropped, dropped)
-                }
-                Loss::Nft => {
-                    let listing = ns.output("nft", &["-j", "list", "table", "inet", NFT_TABLE]);
-                    let listing: Value = serde_json::from_str(&listing).expect("nft's JSON");
-                    let counters: Vec<u64> = listing["nftables"]
-                        .as_array()
-                        .expect("a list")
-                        .iter()
-                        .filter_map(|item| item["rule"]["expr"].as_array())
-                        .filter_map(|expr| {
-                            expr.iter().find_map(|e| e["counter"]["packets"].as_u64())
-                        })
-                        .collect();
-                    assert_eq!(counters.len(), 2, "two counters in {listing}");
-                    (counters[0], counters[1])
-                }
-            };
-            counts.0 += sent;
-            counts.1 += dropped;
-        }
-        counts
+/// Both ends of a veth pair, each with its namespace.
+type Link<'a> = [(&'a Netns, &'a str); 2];
+
+/// Drops `percent` % of the packets leaving each end of `link`, so each direction loses that
+/// share: `tc netem` where the kernel has it, else an nftables rule that drops at random
+/// (`numgen random`), its rules written in `dir`. Only the veth is touched; loopback inside
+/// the namespaces (the nodes, the web clients) stays lossless.
+fn add_loss(link: Link, percent: u32, dir: &std::path::Path) -> Result<Loss, String> {
+    let netem_why = match qdisc(link, "add", &["netem", "loss", &format!("{percent}%")]) {
+        Ok(()) => return Ok(Loss::Netem),
+        Err(why) => why,
+    };
+    for (ns, dev) in link {
+        // Every packet crosses one end's output and the other end's input: dropping on output
+        // at both ends loses `percent` % each way (on input too would make it about 51 %).
+        let rules = format!(
+            "table inet {NFT_TABLE} {{\n  chain out {{\n    type filter hook output priority 0; \
+             policy accept;\n    oifname \"{dev}\" counter\n    oifname \"{dev}\" numgen \
+             random mod 100 < {percent} counter drop\n  }}\n}}\n"
+        );
+        let file = dir.join(format!("loss-{dev}.nft"));
+        std::fs::write(&file, rules).expect("rules written");
+        ns.exec("nft", &["-f", file.to_str().expect("utf-8")])
+            .map_err(|nft_why| format!("no netem ({netem_why}) and no nftables ({nft_why})"))?;
     }
+    Ok(Loss::Nft)
+}
 
-    fn remove_loss(&self, loss: Loss) {
-        match loss {
-            Loss::Netem => self.qdisc("del", &[]).expect("netem removed"),
+/// Packets that tried to leave both ends of `link`, and how many of them the loss dropped.
+fn loss_counts(link: Link, loss: Loss) -> (u64, u64) {
+    let mut counts = (0, 0);
+    for (ns, dev) in link {
+        let (sent, dropped) = match loss {
+            Loss::Netem => {
+                let stats = ns.output("tc", &["-s", "qdisc", "show", "dev", dev]);
+                // ` Sent 1234 bytes 56 pkt (dropped 7, overlimits 0 requeues 0)`
+                let number = |after: &str| -> u64 {
+                    stats
+                        .split(after)
+                        .nth(1)
+                        .and_then(|rest| rest.split([' ', ',']).next())
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_else(|| panic!("no {after:?} in {stats}"))
+                };
+                let dropped = number("(dropped ");
+                (number(" bytes ") + dropped, dropped)
+            }
             Loss::Nft => {
-                for ns in [&self.broker_ns, &self.gateway_ns] {
-                    ns.exec("nft", &["delete", "table", "inet", NFT_TABLE])
-                        .expect("nft table removed");
-                }
+                let listing = ns.output("nft", &["-j", "list", "table", "inet", NFT_TABLE]);
+                let listing: Value = serde_json::from_str(&listing).expect("nft's JSON");
+                let counters: Vec<u64> = listing["nftables"]
+                    .as_array()
+                    .expect("a list")
+                    .iter()
+                    .filter_map(|item| item["rule"]["expr"].as_array())
+                    .filter_map(|expr| expr.iter().find_map(|e| e["counter"]["packets"].as_u64()))
+                    .collect();
+                assert_eq!(counters.len(), 2, "two counters in {listing}");
+                (counters[0], counters[1])
+            }
+        };
+        counts.0 += sent;
+        counts.1 += dropped;
+    }
+    counts
+}
+
+fn remove_loss(link: Link, loss: Loss) {
+    match loss {
+        Loss::Netem => qdisc(link, "del", &[]).expect("netem removed"),
+        Loss::Nft => {
+            for (ns, _) in link {
+                ns.exec("nft", &["delete", "table", "inet", NFT_TABLE])
+                    .expect("nft table removed");
             }
         }
     }
+}
 
-    fn qdisc(&self, action: &str, spec: &[&str]) -> Result<(), String> {
-        for (ns, dev) in [(&self.broker_ns, "b0"), (&self.gateway_ns, "g0")] {
-            let mut args = vec!["qdisc", action, "dev", dev, "root"];
-            args.extend_from_slice(spec);
-            ns.exec("tc", &args)?;
-        }
-        Ok(())
+/// `tc qdisc ACTION dev DEV root SPEC` on both ends of `link`.
+fn qdisc(link: Link, action: &str, spec: &[&str]) -> Result<(), String> {
+    for (ns, dev) in link {
+        let mut args = vec!["qdisc", action, "dev", dev, "root"];
+        args.extend_from_slice(spec);
+        ns.exec("tc", &args)?;
     }
+    Ok(())
 }
 
 /// What the uplink may take to notice a dead link: two silent ping intervals, checked at the
@@ -676,7 +744,7 @@ fn thirty_percent_packet_loss() {
         return;
     };
     let reconnects_before = bed.uplink_losses();
-    let loss = match bed.add_loss(30) {
+    let loss = match add_loss(bed.uplink(), 30, bed.dir.path()) {
         Ok(loss) => loss,
         Err(why) => {
             eprintln!("SKIPPED 30 % loss: {why}");
@@ -694,9 +762,9 @@ fn thirty_percent_packet_loss() {
     std::thread::sleep(Duration::from_secs(LOSS_SECS).saturating_sub(start.elapsed()));
     bed.converge(3, Duration::from_secs(120));
     let lossy_for = start.elapsed();
-    let (packets, dropped) = bed.loss_counts(loss);
+    let (packets, dropped) = loss_counts(bed.uplink(), loss);
     let reconnects = bed.uplink_losses() - reconnects_before;
-    bed.remove_loss(loss);
+    remove_loss(bed.uplink(), loss);
     let share = dropped as f64 / packets.max(1) as f64;
     // Not a timing: the loss must have been real, or the test tested nothing.
     assert!(
@@ -795,15 +863,14 @@ fn a_half_open_uplink_is_found_by_ping_and_reconnected() {
     // sockets stay open.
     let before = bed.uplink_losses();
     let cut = Instant::now();
-    bed.qdisc("add", &["bfifo", "limit", "0"])
-        .expect("a dropping qdisc");
+    qdisc(bed.uplink(), "add", &["bfifo", "limit", "0"]).expect("a dropping qdisc");
     let (detected, why) = bed.uplink_lost(before, cut, detection_bound());
     assert!(
         why.contains("no answer from the broker"),
         "the dead uplink was found by its ping going unanswered, not otherwise: {why}"
     );
     bed.churn();
-    bed.qdisc("del", &[]).expect("path restored");
+    qdisc(bed.uplink(), "del", &[]).expect("path restored");
     let recovered = bed.converge(3, recovery_bound());
     // The broker's side of the dead connection ends by the broker's own ping or the gateway's
     // retransmitted FIN; either way it must not take the nodes back with it.
@@ -814,5 +881,158 @@ fn a_half_open_uplink_is_found_by_ping_and_reconnected() {
          back and let go of the dead connection {let_go:.1?} later",
         detected.as_secs_f64() / PING_SECS as f64,
         detection_bound()
+    );
+}
+
+/// Counts the `update`s of `endpoint` per node a web client of `url` is told until `stop`,
+/// after the replay a new client gets.
+async fn count_updates(
+    url: &'static str,
+    endpoint: &'static str,
+    stop: Arc<AtomicBool>,
+) -> BTreeMap<String, usize> {
+    let mut client = Peer::client(url).await;
+    while client.next_json(Duration::from_millis(400)).await.is_some() {}
+    let mut counts = BTreeMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        let Some(message) = client.next_json(Duration::from_millis(200)).await else {
+            continue;
+        };
+        if message["type"] == "update" && message["endpoint"] == endpoint {
+            let uid = message["uid"].as_str().expect("a uid").to_owned();
+            *counts.entry(uid).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// How often the simulated CoAP nodes post a temperature.
+const COAP_INTERVAL_SECS: u64 = 3;
+
+/// CoAP nodes in a third namespace behind a second veth (10.231.1.0/24), like nodes behind a
+/// 6LoWPAN radio, with 30 % of the packets lost each way. A web client of the broker switches
+/// their LEDs: the gateway's confirmable PUT is retransmitted until the node has it. The
+/// nodes' non-confirmable temperature posts lose some readings but keep arriving.
+#[test]
+fn thirty_percent_loss_between_coap_nodes_and_the_gateway() {
+    let Some(mut bed) = Testbed::new("CoAP 30 % loss") else {
+        return;
+    };
+    let name = format!("{}-n", bed.gateway_ns.name.trim_end_matches("-g"));
+    let nodes_ns = Netns::new(name).expect("a third namespace");
+    ip(&[
+        "link",
+        "add",
+        "c0",
+        "netns",
+        &bed.gateway_ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "c1",
+        "netns",
+        &nodes_ns.name,
+    ])
+    .expect("veth pair");
+    let addresses = [
+        (&bed.gateway_ns, "c0", "10.231.1.1/24"),
+        (&nodes_ns, "c1", "10.231.1.2/24"),
+        (&nodes_ns, "c1", "10.231.1.3/24"),
+    ];
+    for (ns, dev, addr) in addresses {
+        ip(&["-n", &ns.name, "addr", "add", addr, "dev", dev]).expect("address");
+        ip(&["-n", &ns.name, "link", "set", dev, "up"]).expect("link up");
+    }
+    let interval = COAP_INTERVAL_SECS.to_string();
+    let args = [
+        "node",
+        "coap",
+        "--gateway-host",
+        "10.231.1.1",
+        "--first-address",
+        "10.231.1.2",
+        "--count",
+        "2",
+        "--led",
+        "--temperature",
+        "--interval",
+        &interval,
+    ];
+    let coap = nodes_ns.spawn(args.iter().map(|s| s.to_string()).collect());
+    let start = Instant::now();
+    let uids = loop {
+        let view = bed.gateway_view();
+        let uids: Vec<String> = view
+            .iter()
+            .filter(|(_, r)| r.contains_key("temperature") && r.contains_key("led"))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        if uids.len() == 2 {
+            break uids;
+        }
+        assert!(start.elapsed() < TIMEOUT * 6, "CoAP nodes: {view:#?}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    bed.converge(5, Duration::from_secs(120));
+    let loss = match add_loss(
+        [(&bed.gateway_ns, "c0"), (&nodes_ns, "c1")],
+        30,
+        bed.dir.path(),
+    ) {
+        Ok(loss) => loss,
+        Err(why) => {
+            eprintln!("SKIPPED CoAP 30 % loss: {why}");
+            return;
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let counting =
+        bed.broker_ns
+            .runtime()
+            .spawn(count_updates(BROKER_WS, "temperature", stop.clone()));
+    let lossy = Instant::now();
+    let mut took = Vec::new();
+    let mut resent = 0;
+    for value in ["1", "0", "1"] {
+        for uid in &uids {
+            let (time, writes) = bed.switch_coap_led(&coap, uid, value, Duration::from_secs(180));
+            took.push(time);
+            resent += writes - 1;
+        }
+    }
+    // Readings for a while longer, then the broker must agree with the gateway while the
+    // nodes go on posting through the loss.
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(lossy.elapsed()));
+    bed.converge(5, Duration::from_secs(120));
+    stop.store(true, Ordering::Relaxed);
+    let counts = bed
+        .broker_ns
+        .runtime()
+        .block_on(counting)
+        .expect("the counter ends");
+    let lossy_for = lossy.elapsed();
+    let (packets, dropped) = loss_counts([(&bed.gateway_ns, "c0"), (&nodes_ns, "c1")], loss);
+    remove_loss([(&bed.gateway_ns, "c0"), (&nodes_ns, "c1")], loss);
+    bed.converge(5, recovery_bound());
+    assert!(dropped > 0, "the loss was real: {dropped} of {packets}");
+    for uid in &uids {
+        assert!(
+            counts.get(uid).copied().unwrap_or(0) > 0,
+            "no temperature from {uid} reached the broker in {lossy_for:?} of loss: {counts:?}"
+        );
+    }
+    took.sort();
+    let failed = bed.gateway().count_log("CoAP write failed");
+    eprintln!(
+        "CoAP 30 % loss ({loss:?}): {dropped} of {packets} packets dropped ({:.0} %) over \
+         {lossy_for:.1?}; {} LED writes reached the nodes in {:.1?} (median) to {:.1?} (max), \
+         {failed} gave up after every retransmission and {resent} were written again; \
+         temperatures at the broker {counts:?} of about {} posted each",
+        dropped as f64 / packets.max(1) as f64 * 100.0,
+        took.len(),
+        took[took.len() / 2],
+        took[took.len() - 1],
+        lossy_for.as_secs() / COAP_INTERVAL_SECS,
     );
 }
