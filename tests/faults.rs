@@ -405,16 +405,19 @@ impl Testbed {
             if equal {
                 let took = start.elapsed();
                 let fresh = self.broker_ns.run(snapshot(BROKER_WS));
-                assert_eq!(
-                    fresh, gateway,
-                    "a new broker client sees the gateway's table"
+                assert!(
+                    fresh == gateway,
+                    "a new broker client sees the gateway's table\nfresh: {fresh:#?}\n\
+                     gateway: {gateway:#?}\n{}",
+                    self.connections()
                 );
                 return took;
             }
             assert!(
                 start.elapsed() < limit,
-                "no agreement within {limit:?}\nbroker client: {:#?}\ngateway: {gateway:#?}",
-                self.watcher.as_ref().map(|w| &w.view)
+                "no agreement within {limit:?}\nbroker client: {:#?}\ngateway: {gateway:#?}\n{}",
+                self.watcher.as_ref().map(|w| &w.view),
+                self.connections()
             );
         }
     }
@@ -451,6 +454,24 @@ impl Testbed {
                 while client.next_json(Duration::from_millis(300)).await.is_some() {}
             });
         }
+    }
+
+    /// The broker's and the gateway's log lines about the uplink and the nodes it brought, for
+    /// a failure message.
+    fn connections(&self) -> String {
+        let mut text = String::new();
+        for (who, process) in [("broker", &self.broker), ("gateway", &self.gateway)] {
+            let Some(process) = process else { continue };
+            text.push_str(&format!("{who} log (uplink):\n"));
+            for line in process.log_text().lines() {
+                let wanted = ["gateway", "broker", "node from", "source", "Refus", "owner"];
+                if wanted.iter().any(|w| line.contains(w)) {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+        text
     }
 
     /// Switches every node's LED to `payload` from the broker's web client, through the
