@@ -1057,3 +1057,59 @@ fn thirty_percent_loss_between_coap_nodes_and_the_gateway() {
         lossy_for.as_secs() / COAP_INTERVAL_SECS,
     );
 }
+
+/// Only the uplink's connection goes dead (as when a NAT forgets it): the table changes
+/// before the gateway's ping notices, so the joining node's `new`, the leaving one's `out` and
+/// the LED updates wait unacknowledged in that connection's send queue. The gateway gives up on
+/// it and its next connection replays the table. Then the dead connection's path comes back
+/// and the gateway's kernel delivers what was queued, after the replay: none of it may take
+/// the broker away from the gateway's table.
+#[test]
+fn changes_queued_on_a_dead_connection_do_not_come_back_stale() {
+    let Some(mut bed) = Testbed::new("queued on a dead connection") else {
+        return;
+    };
+    let line = bed
+        .broker
+        .as_ref()
+        .expect("a broker")
+        .wait_for_log(&["gateway connected"], TIMEOUT);
+    let port = line
+        .split(&format!("peer={GATEWAY_IP}:"))
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the gateway's port")
+        .to_owned();
+    for (ns, matching) in [
+        (&bed.gateway_ns, format!("tcp sport {port}")),
+        (&bed.broker_ns, format!("tcp dport {port}")),
+    ] {
+        let rules = format!(
+            "table inet aiot_cut {{\n  chain out {{\n    type filter hook output priority 0; \
+             policy accept;\n    {matching} drop\n  }}\n}}\n"
+        );
+        let file = bed.path(&format!("cut-{}.nft", ns.name));
+        std::fs::write(&file, rules).expect("rules written");
+        if let Err(why) = ns.exec("nft", &["-f", &file]) {
+            eprintln!("SKIPPED queued on a dead connection: no nftables ({why})");
+            return;
+        }
+    }
+    let before = bed.uplink_losses();
+    let cut = Instant::now();
+    bed.churn();
+    let (detected, _) = bed.uplink_lost(before, cut, detection_bound());
+    bed.gateway()
+        .wait_for_count("connected to broker", 2, recovery_bound());
+    // The new connection's replay is through; the dead one still holds the changes.
+    std::thread::sleep(Duration::from_secs(2));
+    for ns in [&bed.gateway_ns, &bed.broker_ns] {
+        ns.exec("nft", &["delete", "table", "inet", "aiot_cut"])
+            .expect("path back");
+    }
+    let let_go = bed.settle();
+    eprintln!(
+        "queued on a dead connection: the gateway gave up on it after {detected:.1?}; after its \
+         path came back the broker let go of it in {let_go:.1?} and agreed with the gateway"
+    );
+}
