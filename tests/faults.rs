@@ -21,7 +21,9 @@
 //! netem, else by an nftables `numgen random` rule on the veth's output (counted, so the test
 //! fails if nothing was dropped); a `bfifo limit 0` qdisc on both ends, which silently drops
 //! every packet while both sockets stay open (half-open, which the gateway's ping must find);
-//! SIGKILL of each process.
+//! SIGKILL of each process. Two more: the table changes on a half-open uplink before the ping
+//! notices; and only the uplink's connection dies (an nftables rule on its port), with changes
+//! queued on it that the gateway's kernel would deliver after the next connection's replay.
 //!
 //! Without root or `ip` (no namespaces), or with neither netem nor nftables for the loss, the
 //! tests print why and pass without testing.
@@ -1111,5 +1113,27 @@ fn changes_queued_on_a_dead_connection_do_not_come_back_stale() {
     eprintln!(
         "queued on a dead connection: the gateway gave up on it after {detected:.1?}; after its \
          path came back the broker let go of it in {let_go:.1?} and agreed with the gateway"
+    );
+}
+
+/// The table changes on a half-open uplink before the gateway's ping notices, so the changes
+/// wait in the dead connection's send queue while the gateway reconnects.
+#[test]
+fn changes_made_on_a_half_open_uplink_before_the_ping_notices() {
+    let Some(mut bed) = Testbed::new("changes on a half-open uplink") else {
+        return;
+    };
+    let before = bed.uplink_losses();
+    let cut = Instant::now();
+    qdisc(bed.uplink(), "add", &["bfifo", "limit", "0"]).expect("a dropping qdisc");
+    bed.churn();
+    let (detected, _) = bed.uplink_lost(before, cut, detection_bound());
+    qdisc(bed.uplink(), "del", &[]).expect("path restored");
+    let recovered = bed.converge(3, recovery_bound());
+    let let_go = bed.settle();
+    eprintln!(
+        "changes on a half-open uplink: made before the ping noticed ({detected:.1?}); the \
+         broker agreed {recovered:.1?} after the path came back and let go of the dead \
+         connection {let_go:.1?} later"
     );
 }
