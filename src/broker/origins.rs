@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
+use tokio::sync::Notify;
 
 use super::gateways::Identity;
 
@@ -21,6 +22,9 @@ struct Connected {
     name: Option<String>,
     peer: SocketAddr,
     nodes: BTreeSet<String>,
+    /// Woken when the same gateway (name and address) connects again.
+    #[serde(skip)]
+    again: Arc<Notify>,
 }
 
 /// The connected gateways and their nodes.
@@ -34,19 +38,30 @@ impl Origins {
         f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// A gateway connected; returns its connection's number.
-    pub fn open(&self, identity: &Identity, peer: SocketAddr) -> u64 {
+    /// A gateway connected; returns its connection's number, and what wakes when the same
+    /// gateway connects again. Its earlier connections from the same address are woken now: a
+    /// gateway that gave up on one has reset it, so a ping on it meets the reset and it ends at
+    /// once rather than at its next ping, with its stale nodes (tests/faults.rs).
+    pub fn open(&self, identity: &Identity, peer: SocketAddr) -> (u64, Arc<Notify>) {
+        let name = identity.name().map(String::from);
         self.with(|(next, map)| {
+            for earlier in map.values() {
+                if earlier.name == name && earlier.peer.ip() == peer.ip() {
+                    earlier.again.notify_one();
+                }
+            }
             *next += 1;
+            let again = Arc::new(Notify::new());
             map.insert(
                 *next,
                 Connected {
-                    name: identity.name().map(String::from),
+                    name,
                     peer,
                     nodes: BTreeSet::new(),
+                    again: again.clone(),
                 },
             );
-            *next
+            (*next, again)
         })
     }
 
@@ -81,4 +96,39 @@ pub async fn list(State(origins): State<Origins>) -> Json<Listing> {
     Json(Listing {
         gateways: origins.with(|(_, map)| map.values().cloned().collect()),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::keys::Keys;
+
+    async fn woken(again: &Notify) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), again.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_gateway_connecting_again_wakes_its_earlier_connections_only() {
+        let origins = Origins::default();
+        let named = |name: &str| Identity::Named {
+            name: name.into(),
+            keys: Keys::generate(),
+        };
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("an address");
+        let (_, first) = origins.open(&Identity::Shared, addr("10.0.0.2:40000"));
+        let (_, other_host) = origins.open(&Identity::Shared, addr("10.0.0.3:40000"));
+        let (_, other_name) = origins.open(&named("hall"), addr("10.0.0.2:40001"));
+        assert!(!woken(&first).await, "nobody connected again yet");
+        origins.open(&Identity::Shared, addr("10.0.0.2:40002"));
+        assert!(
+            woken(&first).await,
+            "the same gateway from the same address"
+        );
+        assert!(!woken(&other_host).await, "another address");
+        assert!(!woken(&other_name).await, "another gateway of the file");
+    }
 }
