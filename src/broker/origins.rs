@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
+use tokio::sync::Notify;
 
 use super::gateways::Identity;
 
@@ -19,6 +20,9 @@ struct Connected {
     name: Option<String>,
     peer: SocketAddr,
     nodes: BTreeSet<String>,
+    /// Woken when the same gateway (name and address) connects again.
+    #[serde(skip)]
+    again: Arc<Notify>,
 }
 
 /// What aiot dashboards are told for a gateway with pyaiot's shared key: it has no name, and
@@ -42,19 +46,30 @@ impl Origins {
         f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// A gateway connected; returns its connection's number.
-    pub fn open(&self, identity: &Identity, peer: SocketAddr) -> u64 {
+    /// A gateway connected; returns its connection's number, and what wakes when the same
+    /// gateway connects again. Its earlier connections from the same address are woken now: a
+    /// gateway that gave up on one has reset it, so a ping on it meets the reset and it ends at
+    /// once rather than at its next ping, with its stale nodes (tests/faults.rs).
+    pub fn open(&self, identity: &Identity, peer: SocketAddr) -> (u64, Arc<Notify>) {
+        let name = identity.name().map(String::from);
         self.with(|(next, map)| {
+            for earlier in map.values() {
+                if earlier.name == name && earlier.peer.ip() == peer.ip() {
+                    earlier.again.notify_one();
+                }
+            }
             *next += 1;
+            let again = Arc::new(Notify::new());
             map.insert(
                 *next,
                 Connected {
-                    name: identity.name().map(String::from),
+                    name,
                     peer,
                     nodes: BTreeSet::new(),
+                    again: again.clone(),
                 },
             );
-            *next
+            (*next, again)
         })
     }
 
@@ -115,22 +130,51 @@ pub async fn list(State(origins): State<Origins>) -> Json<Listing> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::keys::Keys;
     use crate::web::clients::NodeOrigins as _;
+
+    async fn woken(again: &Notify) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), again.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_gateway_connecting_again_wakes_its_earlier_connections_only() {
+        let origins = Origins::default();
+        let named = |name: &str| Identity::Named {
+            name: name.into(),
+            keys: Keys::generate(),
+        };
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("an address");
+        let (_, first) = origins.open(&Identity::Shared, addr("10.0.0.2:40000"));
+        let (_, other_host) = origins.open(&Identity::Shared, addr("10.0.0.3:40000"));
+        let (_, other_name) = origins.open(&named("hall"), addr("10.0.0.2:40001"));
+        assert!(!woken(&first).await, "nobody connected again yet");
+        origins.open(&Identity::Shared, addr("10.0.0.2:40002"));
+        assert!(
+            woken(&first).await,
+            "the same gateway from the same address"
+        );
+        assert!(!woken(&other_host).await, "another address");
+        assert!(!woken(&other_name).await, "another gateway of the file");
+    }
 
     #[test]
     fn a_node_is_labelled_with_the_gateway_that_announced_it_last() {
         let origins = Origins::default();
         let peer: SocketAddr = "127.0.0.1:1".parse().expect("address");
-        let kitchen = origins.open(
+        let (kitchen, _) = origins.open(
             &Identity::Named {
                 name: "kitchen".into(),
                 keys: Keys::generate(),
             },
             peer,
         );
-        let shared = origins.open(&Identity::Shared, peer);
+        let (shared, _) = origins.open(&Identity::Shared, peer);
         assert!(origins.node(kitchen, "n"));
         assert_eq!(origins.gateway_of("n").as_deref(), Some("kitchen"));
         assert_eq!(origins.gateway_of("other"), None);
