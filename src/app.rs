@@ -86,6 +86,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         // The bench runs the roles as child processes and its own runtime for the load.
+        #[cfg(feature = "bench")]
         Command::Bench(args) => return crate::bench::run(args, cli.config.as_deref()),
         _ => {}
     }
@@ -116,9 +117,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Command::Dashboard(args) => start_dashboard(&supervisor, config, args).await?,
             Command::Demo(args) => start_demo(&supervisor, config, args).await?,
-            Command::Config(_) | Command::Keys(_) | Command::Password(_) | Command::Bench(_) => {
+            Command::Config(_) | Command::Keys(_) | Command::Password(_) => {
                 unreachable!("handled above")
             }
+            #[cfg(feature = "bench")]
+            Command::Bench(_) => unreachable!("handled above"),
         }
         // Every listener is bound by now: the roles bind before they start.
         crate::runtime::notify::start(&supervisor);
@@ -132,6 +135,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn init_tracing(debug: bool) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     // rumqttd (the embedded MQTT broker) logs an ERROR for every ordinary disconnect; its
     // real failures reach us as the broker task's error.
     let default = if debug {
@@ -139,13 +144,30 @@ fn init_tracing(debug: bool) {
     } else {
         "aiot=info,warn,rumqttd=off"
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    // `Targets` takes RUST_LOG's `target=level,...,level` lists without EnvFilter's span and
+    // field matching, whose regex engine cost the board binary ~0.3 MB (docs/benchmarks.md).
+    let mut bad_env = None;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(value) if !value.trim().is_empty() => value.parse().unwrap_or_else(|error| {
+            bad_env = Some(format!("ignoring RUST_LOG={value:?} ({error})"));
+            default.parse().expect("the default filter parses")
+        }),
+        _ => default
+            .parse::<tracing_subscriber::filter::Targets>()
+            .expect("the default filter parses"),
+    };
+    // The filter decides alone: `fmt()`'s subscriber would also cap everything at INFO.
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .with(filter)
         .init();
+    if let Some(warning) = bad_env {
+        tracing::warn!("{warning}");
+    }
 }
 
 /// Applies the look flags shared by every role that serves the web UI.
@@ -225,7 +247,7 @@ async fn start_broker(
             gateways_file,
             tls,
             limits: config.ws_limits(),
-            hub: config.hub(),
+            hub: config.broker_hub(),
             dashboard: config.dashboard_config(),
             web: web_security,
         },
@@ -524,6 +546,7 @@ fn coap_settings(config: &Config) -> anyhow::Result<Option<coap::Settings>> {
         max_nodes: section.max_nodes,
         max_time: Duration::from_secs(config.gateway.max_time),
         discovery_concurrency: section.discovery_concurrency,
+        max_pending_discoveries: section.max_pending_discoveries,
         max_resources: config.limits.max_resources_per_node,
         exchange: crate::proto::coap::exchange::Params {
             ack_timeout: Duration::from_millis(section.ack_timeout_ms),
@@ -708,7 +731,7 @@ async fn start_demo(
             gateways_file: None,
             tls: None,
             limits: config.ws_limits(),
-            hub: config.hub(),
+            hub: config.broker_hub(),
             dashboard: config.dashboard_config(),
             web: web_security.clone(),
         },

@@ -54,6 +54,7 @@ pub enum Command {
     /// Broker, gateway and simulated nodes in one process on loopback.
     Demo(DemoArgs),
     /// Load test: nodes through a gateway and a broker to web clients; prints figures.
+    #[cfg(feature = "bench")]
     Bench(crate::bench::BenchArgs),
 }
 

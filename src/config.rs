@@ -261,6 +261,7 @@ pub struct CoapConfig {
     pub max_nodes: usize,
     pub discovery_concurrency: usize,
     pub max_body_bytes: usize,
+    pub max_pending_discoveries: usize,
     pub receive_buffer_bytes: usize,
 }
 
@@ -279,6 +280,7 @@ impl Default for CoapConfig {
             discovery_concurrency: 16,
             max_body_bytes: 64 * 1024,
             receive_buffer_bytes: 4 * 1024 * 1024,
+            max_pending_discoveries: crate::proto::limits::MAX_PENDING_DISCOVERIES,
         }
     }
 }
@@ -384,6 +386,9 @@ pub struct LimitsConfig {
     pub max_resources_per_node: usize,
     pub history_points: usize,
     pub event_backlog: usize,
+    pub max_nodes_per_gateway: usize,
+    pub max_value_bytes: usize,
+    pub node_messages_per_sec: u32,
 }
 
 const ANY: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
@@ -434,6 +439,9 @@ impl Default for LimitsConfig {
             max_resources_per_node: limits::MAX_RESOURCES,
             history_points: limits::HISTORY_POINTS,
             event_backlog: limits::EVENT_BACKLOG,
+            max_nodes_per_gateway: limits::MAX_NODES_PER_GATEWAY,
+            max_value_bytes: limits::MAX_VALUE_BYTES,
+            node_messages_per_sec: limits::NODE_MESSAGES_PER_SEC,
         }
     }
 }
@@ -468,6 +476,11 @@ impl Config {
                 self.limits.max_resources_per_node as u64,
             ),
             ("limits.event_backlog", self.limits.event_backlog as u64),
+            (
+                "limits.max_nodes_per_gateway",
+                self.limits.max_nodes_per_gateway as u64,
+            ),
+            ("limits.max_value_bytes", self.limits.max_value_bytes as u64),
             ("uplink.keepalive_secs", self.uplink.keepalive_secs),
             ("uplink.ping_interval_secs", self.uplink.ping_interval_secs),
             (
@@ -673,6 +686,17 @@ impl Config {
             max_resources: self.limits.max_resources_per_node,
             history_points: self.limits.history_points,
             event_backlog: self.limits.event_backlog,
+            max_nodes_per_source: usize::MAX,
+            max_value_bytes: self.limits.max_value_bytes,
+            node_messages_per_sec: self.limits.node_messages_per_sec,
+        }
+    }
+
+    /// The broker's hub: each of its sources is a gateway, held to its share of nodes.
+    pub fn broker_hub(&self) -> HubConfig {
+        HubConfig {
+            max_nodes_per_source: self.limits.max_nodes_per_gateway,
+            ..self.hub()
         }
     }
 }

@@ -21,6 +21,7 @@
 
 pub mod adapters;
 pub mod app;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod broker;
 pub mod cli;

@@ -50,6 +50,63 @@ impl Channel {
     }
 }
 
+/// A configured limit, for counting how often it was hit (`aiot_limit_hits_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// `limits.max_nodes`: the node table is full.
+    Nodes,
+    /// `limits.max_nodes_per_gateway`: one gateway (on the broker) has its share of nodes.
+    NodesPerGateway,
+    /// `limits.max_resources_per_node`.
+    ResourcesPerNode,
+    /// `limits.max_value_bytes`: a node's value is too big.
+    ValueBytes,
+    /// `limits.node_messages_per_sec`: a node sends faster than this.
+    NodeMessagesPerSec,
+    /// `coap.max_pending_discoveries`: too many CoAP nodes wait to be discovered.
+    PendingDiscoveries,
+    /// `coap.max_nodes`.
+    CoapNodes,
+    /// `web.max_clients`.
+    WebClients,
+    /// `web.client_messages_per_sec`.
+    ClientMessagesPerSec,
+    /// `mqttsn.max_clients`.
+    MqttSnClients,
+}
+
+impl Limit {
+    const COUNT: usize = 10;
+    pub const ALL: [Limit; Limit::COUNT] = [
+        Limit::Nodes,
+        Limit::NodesPerGateway,
+        Limit::ResourcesPerNode,
+        Limit::ValueBytes,
+        Limit::NodeMessagesPerSec,
+        Limit::PendingDiscoveries,
+        Limit::CoapNodes,
+        Limit::WebClients,
+        Limit::ClientMessagesPerSec,
+        Limit::MqttSnClients,
+    ];
+
+    /// The label value, which is also the config key without its section.
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::Nodes => "max_nodes",
+            Limit::NodesPerGateway => "max_nodes_per_gateway",
+            Limit::ResourcesPerNode => "max_resources_per_node",
+            Limit::ValueBytes => "max_value_bytes",
+            Limit::NodeMessagesPerSec => "node_messages_per_sec",
+            Limit::PendingDiscoveries => "coap_max_pending_discoveries",
+            Limit::CoapNodes => "coap_max_nodes",
+            Limit::WebClients => "web_max_clients",
+            Limit::ClientMessagesPerSec => "web_client_messages_per_sec",
+            Limit::MqttSnClients => "mqttsn_max_clients",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct PerChannel([AtomicU64; Channel::COUNT]);
 
@@ -76,6 +133,7 @@ pub struct Metrics {
     messages_dropped: PerChannel,
     uplink_reconnects: AtomicU64,
     uplink_connected: AtomicU64,
+    limit_hits: [AtomicU64; Limit::COUNT],
 }
 
 impl Default for Metrics {
@@ -92,6 +150,7 @@ impl Default for Metrics {
             messages_dropped: PerChannel::default(),
             uplink_reconnects: AtomicU64::new(0),
             uplink_connected: AtomicU64::new(0),
+            limit_hits: Default::default(),
         }
     }
 }
@@ -159,6 +218,19 @@ impl Metrics {
 
     pub fn uplink_reconnect(&self) {
         self.uplink_reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Something was refused or dropped because it reached `limit`.
+    pub fn limit_hit(&self, limit: Limit) {
+        self.limit_hits[limit as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add_limit_hits(&self, limit: Limit, n: u64) {
+        self.limit_hits[limit as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn limit_hits(&self, limit: Limit) -> u64 {
+        self.limit_hits[limit as usize].load(Ordering::Relaxed)
     }
 
     /// Prometheus' text exposition format, version 0.0.4.
@@ -260,6 +332,18 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP aiot_limit_hits_total Messages, nodes or connections refused or dropped by a configured limit.\n# TYPE aiot_limit_hits_total counter"
+        );
+        for limit in Limit::ALL {
+            let _ = writeln!(
+                out,
+                "aiot_limit_hits_total{{limit=\"{}\"}} {}",
+                limit.label(),
+                self.limit_hits(limit)
+            );
+        }
         out
     }
 }
@@ -287,11 +371,14 @@ mod tests {
         metrics.received(Channel::WebSocketNode, 5);
         metrics.sent(Channel::Uplink, 2);
         let open = metrics.connection(Channel::WebClient);
+        metrics.limit_hit(Limit::ValueBytes);
         let text = metrics.render();
         assert!(text.contains("aiot_nodes 3\n"), "{text}");
         assert!(text.contains("aiot_messages_received_total{channel=\"websocket_node\"} 5\n"));
         assert!(text.contains("aiot_messages_sent_total{channel=\"uplink\"} 2\n"));
         assert!(text.contains("aiot_connections{channel=\"web_client\"} 1\n"));
+        assert!(text.contains("aiot_limit_hits_total{limit=\"max_value_bytes\"} 1\n"));
+        assert!(text.contains("aiot_limit_hits_total{limit=\"max_nodes\"} 0\n"));
         drop(open);
         assert!(
             metrics

@@ -304,6 +304,12 @@ async fn hostile_datagrams_floods_and_fake_clients_disturb_nothing() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no MQTT-SN drop counter:\n{metrics}"));
     assert!(dropped > 0, "{metrics}");
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("aiot_limit_hits_total{limit=\"mqttsn_max_clients\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no MQTT-SN client limit counter:\n{metrics}"));
+    assert!(refused > 0, "the refused clients are counted: {metrics}");
 }
 
 #[tokio::test]

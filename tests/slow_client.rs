@@ -103,9 +103,10 @@ async fn drain_until_closed(mut stalled: Peer, what: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_does_not_delay_the_others() {
     let dir = tempfile::tempdir().expect("temp dir");
+    // The node is a firehose on purpose: no per-node throttle, so the clients get all of it.
     let config = config_file(
         &dir,
-        &format!("[limits]\nsend_timeout_secs = {SEND_TIMEOUT_SECS}\n"),
+        &format!("[limits]\nsend_timeout_secs = {SEND_TIMEOUT_SECS}\nnode_messages_per_sec = 0\n"),
     );
     let (broker, broker_addr, keys) = broker_with_keys_args(&["--config", &config]);
     let (gateway, node_addr, web_addr) = gateway(

@@ -2,7 +2,9 @@
 //! requests for it (clients' hellos and writes) go out to it. When it goes, its nodes go `out`.
 //! A gateway whose entry leaves the gateways file is disconnected at once, and one that stays
 //! silent (a half-open connection, or a link cut while the gateway had nothing to say) is
-//! dropped after two unanswered pings, so its nodes do not linger (tests/faults.rs).
+//! dropped after two unanswered pings, so its nodes do not linger (tests/faults.rs). When the
+//! same gateway connects again its earlier connections are pinged at once: one it gave up on
+//! answers with a reset and goes with its stale nodes without waiting for the next ping.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,7 +55,7 @@ pub async fn run(
         return;
     };
     tracing::info!(%peer, gateway = %identity, "gateway connected");
-    let connection = origins.open(&identity, peer);
+    let (connection, again) = origins.open(&identity, peer);
     let metrics = hub.metrics().clone();
     let _open = metrics.connection(Channel::Gateway);
     let start = tokio::time::Instant::now();
@@ -74,6 +76,14 @@ pub async fn run(
                 }));
                 let _ = socket::send_batch(&mut socket, [goodbye], limits.send_timeout).await;
                 break Ending::PeerGone;
+            }
+            () = again.notified() => {
+                // The same gateway connected again: if it gave up on this connection, a ping
+                // now meets its reset.
+                let ping = Message::Ping(Default::default());
+                if let Err(ending) = socket::send_batch(&mut socket, [ping], limits.send_timeout).await {
+                    break ending;
+                }
             }
             _ = ping.tick() => {
                 let silent = last_heard.elapsed();

@@ -62,6 +62,12 @@ impl GatewayList {
                 "a [[gateway]] entry has an empty name"
             );
             anyhow::ensure!(
+                !reserved(&entry.name),
+                "gateway {:?}: names starting with '(' are kept for labels such as {:?}",
+                entry.name,
+                super::origins::SHARED_KEY_LABEL
+            );
+            anyhow::ensure!(
                 names.insert(entry.name.clone()),
                 "gateway {:?} is listed twice",
                 entry.name
@@ -96,6 +102,12 @@ impl GatewayList {
             .find(|(_, keys)| keys.verify(token))
             .map(|(name, keys)| (name.as_str(), keys))
     }
+}
+
+/// Whether `name` could be taken for a label of aiot's own (the shared key's, shown to
+/// dashboards) rather than a gateway's.
+fn reserved(name: &str) -> bool {
+    name.trim_start().starts_with('(')
 }
 
 /// Who a gateway proved to be.
@@ -239,7 +251,7 @@ impl Authenticator {
 /// watching it never reads half of it.
 pub fn add(path: &Path, name: &str) -> anyhow::Result<Keys> {
     anyhow::ensure!(
-        !name.trim().is_empty() && !name.contains(['"', '\\', '\n', '\r']),
+        !name.trim().is_empty() && !name.contains(['"', '\\', '\n', '\r']) && !reserved(name),
         "invalid gateway name {name:?}"
     );
     let existing = match std::fs::read_to_string(path) {
@@ -300,6 +312,7 @@ mod tests {
         let kitchen = add(&path, "kitchen").expect("added");
         let garage = add(&path, "garage").expect("added");
         assert!(add(&path, "kitchen").is_err(), "names are unique");
+        assert!(add(&path, "(shared key)").is_err(), "labels are not names");
         let mode = std::fs::metadata(&path)
             .expect("exists")
             .permissions()
@@ -356,6 +369,10 @@ mod tests {
                 "empty name",
             ),
             ("[[gateways]]\n", "unknown field"),
+            (
+                "[[gateway]]\nname = \"(shared key)\"\nsecret = \"s\"\nprivate = \"p\"\n",
+                "kept for labels",
+            ),
         ] {
             let error = format!("{:#}", GatewayList::parse(text).expect_err(text));
             assert!(error.contains(needle), "{text}: {error}");

@@ -96,6 +96,8 @@ pub fn start(
         supervisor: supervisor.clone(),
     };
     web::security::announce("broker", &settings.web);
+    // aiot dashboards on `/ws` are told which gateway each node came from.
+    let labels = web::clients::GatewayLabels(Arc::new(origins.clone()));
     let router = Router::new()
         .route("/gw", get(gateway_upgrade).with_state(gateways))
         .route("/api/gateways", get(origins::list).with_state(origins))
@@ -107,7 +109,8 @@ pub fn start(
             settings.dashboard,
             None,
             web::security::Guard::new(settings.web),
-        ));
+        ))
+        .layer(axum::Extension(labels));
     let scheme = if settings.tls.is_some() {
         "TLS"
     } else {

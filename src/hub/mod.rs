@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Limit, Metrics};
 use crate::proto::broker::{Dst, NodeMessage, Write};
 pub use table::{AllHistory, NodeState, Point, Refusal, Snapshot, SourceId};
 
@@ -110,6 +110,13 @@ pub struct HubConfig {
     pub max_resources: usize,
     pub history_points: usize,
     pub event_backlog: usize,
+    /// Nodes one source may own: the broker's `limits.max_nodes_per_gateway`; unlimited on a
+    /// gateway, whose sources are its own adapters.
+    pub max_nodes_per_source: usize,
+    /// Largest value of a node's resource (`limits.max_value_bytes`).
+    pub max_value_bytes: usize,
+    /// Updates per second per node, 0 for no limit (`limits.node_messages_per_sec`).
+    pub node_messages_per_sec: u32,
 }
 
 impl Default for HubConfig {
@@ -120,6 +127,9 @@ impl Default for HubConfig {
             max_resources: limits::MAX_RESOURCES,
             history_points: limits::HISTORY_POINTS,
             event_backlog: limits::EVENT_BACKLOG,
+            max_nodes_per_source: usize::MAX,
+            max_value_bytes: limits::MAX_VALUE_BYTES,
+            node_messages_per_sec: limits::NODE_MESSAGES_PER_SEC,
         }
     }
 }
@@ -156,7 +166,13 @@ impl Hub {
                 config.max_nodes,
                 config.max_resources,
                 config.history_points,
+            )
+            .with_limits(
+                config.max_nodes_per_source,
+                config.max_value_bytes,
+                config.node_messages_per_sec,
             ),
+            logged: std::collections::HashSet::new(),
             sources: Vec::new(),
             next_source: 1,
             events,
@@ -305,6 +321,9 @@ struct Actor {
     next_source: u64,
     events: broadcast::Sender<Arc<Event>>,
     metrics: Arc<Metrics>,
+    /// Sources whose refusal for a full table (or a full share of it) was logged: once per
+    /// source and limit, forgotten when the source goes.
+    logged: std::collections::HashSet<(SourceId, Limit)>,
 }
 
 fn now_ms() -> u64 {
@@ -321,6 +340,8 @@ impl Actor {
         shutdown: CancellationToken,
     ) {
         let mut batch = Vec::with_capacity(BATCH);
+        let flush_every = std::time::Duration::from_millis(self.table.token_interval_ms());
+        let mut next_flush = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -334,6 +355,14 @@ impl Actor {
                     }
                 }
                 Some(source) = dropped.recv() => self.unregister(source),
+                // Only while a throttled node has values waiting: an idle hub never wakes.
+                () = tokio::time::sleep_until(next_flush), if self.table.has_deferred() => {}
+            }
+            // Here rather than in the branch above, so that a busy inbox cannot starve it.
+            let now = tokio::time::Instant::now();
+            if now >= next_flush && self.table.has_deferred() {
+                self.flush_deferred();
+                next_flush = now + flush_every;
             }
         }
     }
@@ -349,16 +378,7 @@ impl Actor {
                 match self.table.apply(source, message, now_ms()) {
                     Ok(Some(message)) => self.publish(message),
                     Ok(None) => {}
-                    Err(refusal) => {
-                        self.metrics.refused();
-                        match refusal {
-                            Refusal::Full { .. }
-                            | Refusal::TooManyResources { first: true, .. } => {
-                                tracing::warn!(source = ?source, "{refusal}")
-                            }
-                            _ => tracing::debug!(source = ?source, "{refusal}"),
-                        }
-                    }
+                    Err(refusal) => self.refused(source, &refusal),
                 }
                 self.metrics.set_nodes(self.table.len());
             }
@@ -419,6 +439,62 @@ impl Actor {
         }
     }
 
+    /// Counts a refusal, and logs it once per offender: per node for a node's own limits, per
+    /// source for the table's.
+    fn refused(&mut self, source: SourceId, refusal: &Refusal) {
+        let (limit, first) = match *refusal {
+            Refusal::Full { .. } => (Limit::Nodes, self.logged.insert((source, Limit::Nodes))),
+            Refusal::SourceFull { .. } => (
+                Limit::NodesPerGateway,
+                self.logged.insert((source, Limit::NodesPerGateway)),
+            ),
+            Refusal::TooManyResources { first, .. } => (Limit::ResourcesPerNode, first),
+            Refusal::ValueTooBig { first, .. } => (Limit::ValueBytes, first),
+            // Deferred, not lost: only a value replaced by a newer one is dropped and counted.
+            Refusal::TooFast {
+                first, replaced, ..
+            } => {
+                if replaced {
+                    self.metrics.refused();
+                    self.metrics.limit_hit(Limit::NodeMessagesPerSec);
+                }
+                if first {
+                    self.warn(source, refusal);
+                }
+                return;
+            }
+            Refusal::UnknownNode(_) | Refusal::NotOwner(_) | Refusal::KeepAlive => {
+                self.metrics.refused();
+                tracing::debug!(source = ?source, "{refusal}");
+                return;
+            }
+        };
+        self.metrics.refused();
+        self.metrics.limit_hit(limit);
+        if first {
+            self.warn(source, refusal);
+        } else {
+            tracing::debug!(source = ?source, "{refusal}");
+        }
+    }
+
+    /// The one log line of an offender, naming its source (on the broker: the gateway).
+    fn warn(&self, source: SourceId, refusal: &Refusal) {
+        let name = self
+            .sources
+            .iter()
+            .find(|s| s.id == source)
+            .map_or("", |s| s.name.as_str());
+        tracing::warn!(source = %name, "limit hit: {refusal} (further hits are counted in aiot_limit_hits_total, not logged)");
+    }
+
+    /// Sends the throttled values whose nodes' rate allows them now.
+    fn flush_deferred(&mut self) {
+        for message in self.table.flush_deferred(now_ms()) {
+            self.publish(message);
+        }
+    }
+
     fn command(&self, target: SourceId, command: SourceCommand, uid: &str) {
         let Some(source) = self.sources.iter().find(|s| s.id == target) else {
             return;
@@ -434,6 +510,7 @@ impl Actor {
             return;
         };
         let gone = self.sources.swap_remove(index);
+        self.logged.retain(|(id, _)| *id != source);
         tracing::debug!(source = ?gone.id, name = %gone.name, "source unregistered");
         for out in self.table.remove_source(source) {
             self.publish(out);

@@ -147,6 +147,30 @@ impl NodeMessage {
         };
         serde_json::to_string(&wire).expect("a tree of strings and JSON values always serializes")
     }
+
+    /// A `new` as the broker tells an aiot dashboard: pyaiot's message with the name of the
+    /// gateway the node came from added last. `None` for every other message: those stay
+    /// pyaiot's, and pyaiot dashboards only ever get [`Self::to_json`].
+    pub fn to_json_with_gateway(&self, gateway: &str) -> Option<String> {
+        #[derive(Serialize)]
+        struct WireNew<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            uid: &'a str,
+            dst: &'a str,
+            gateway: &'a str,
+        }
+        let NodeMessage::New { uid, dst } = self else {
+            return None;
+        };
+        let wire = WireNew {
+            kind: "new",
+            uid,
+            dst: dst.as_str(),
+            gateway,
+        };
+        Some(serde_json::to_string(&wire).expect("strings always serialize"))
+    }
 }
 
 /// A web client's request to write `payload` to resource `endpoint` of node `uid`.
@@ -360,6 +384,30 @@ mod tests {
         assert_eq!(
             NodeMessage::Out { uid: "u".into() }.to_json(),
             r#"{"type":"out","uid":"u"}"#
+        );
+    }
+
+    #[test]
+    fn a_new_for_an_aiot_dashboard_is_pyaiots_with_the_gateway_added_last() {
+        let new = NodeMessage::New {
+            uid: "u".into(),
+            dst: Dst::Client("c".into()),
+        };
+        assert_eq!(
+            new.to_json_with_gateway("küche \"1\"").as_deref(),
+            Some(r#"{"type":"new","uid":"u","dst":"c","gateway":"küche \"1\""}"#)
+        );
+        assert_eq!(new.to_json(), r#"{"type":"new","uid":"u","dst":"c"}"#);
+        let update = NodeMessage::Update {
+            uid: "u".into(),
+            endpoint: "led".into(),
+            data: json!("1"),
+            dst: Dst::All,
+        };
+        assert_eq!(update.to_json_with_gateway("kitchen"), None);
+        assert_eq!(
+            NodeMessage::Out { uid: "u".into() }.to_json_with_gateway("kitchen"),
+            None
         );
     }
 

@@ -27,3 +27,25 @@ pub const MAX_RESOURCES: usize = 128;
 
 /// Numeric readings kept per resource for charts.
 pub const HISTORY_POINTS: usize = 120;
+
+/// Nodes one gateway may hold in the broker's table, so that one gateway (a runaway or a
+/// stolen one) cannot fill the table and starve the others: a tenth of `MAX_NODES`.
+pub const MAX_NODES_PER_GATEWAY: usize = 1_000;
+
+/// Largest value of a node's resource, in bytes (a string's, or another value's JSON text):
+/// what a websocket frame (`MAX_FRAME_BYTES`) and a CoAP body (`coap.max_body_bytes`) carry,
+/// so that MQTT and MQTT-SN nodes and gateways are held to the same. pyaiot's biggest, the
+/// `js` resource's source, is a few KiB.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
+/// Updates one node may send per second, on any channel; bursts of a node's whole set of
+/// resources plus twice that pass. RIOT nodes report every few seconds; a node past this
+/// is broken or hostile: its values wait for the rate and only the newest of each resource
+/// is kept, so it costs every client no more than this and still shows its last word.
+pub const NODE_MESSAGES_PER_SEC: u32 = 100;
+
+/// CoAP nodes waiting for their discovery (behind the `discovery_concurrency` running ones);
+/// an unknown node's `/alive` past this is answered 5.03 and it is registered at a later alive.
+/// Room for a thousand nodes booting at once (tests/coap_scale.rs) with margin; a flood of
+/// new addresses beyond it costs a refusal each, not a queue entry.
+pub const MAX_PENDING_DISCOVERIES: usize = 2048;

@@ -98,6 +98,24 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// A second handle on an uplink's TCP socket, to end a connection given up on with a reset.
+///
+/// Closed the ordinary way, a connection whose peer went silent keeps its unacknowledged
+/// messages queued in the kernel, which retransmits them and its FIN for minutes. Should its
+/// path come back after the gateway's next connection has replayed the table, the broker gets
+/// those stale messages last: a queued `new` takes the node back to the dead connection, whose
+/// end then drops the node (found by `tests/faults.rs`). A reset discards the queue.
+pub struct Abort(socket2::Socket);
+
+impl Abort {
+    /// Makes the socket's last close a reset (`SO_LINGER` 0), whichever handle closes last.
+    pub fn reset(self) {
+        if let Err(error) = self.0.set_linger(Some(Duration::ZERO)) {
+            tracing::debug!(%error, "cannot make the dead uplink's close a reset");
+        }
+    }
+}
+
 /// Connects and upgrades, offering `subprotocols` (pyaiot: `token, <T>`), all within `timeout`.
 /// `tls` is used for a `wss://` target.
 pub async fn connect(
@@ -106,7 +124,7 @@ pub async fn connect(
     subprotocols: &str,
     config: WebSocketConfig,
     timeout: Duration,
-) -> Result<WebSocketStream<Stream>, HandshakeError> {
+) -> Result<(WebSocketStream<Stream>, Abort), HandshakeError> {
     tokio::time::timeout(timeout, connect_inner(target, tls, subprotocols, config))
         .await
         .map_err(|_| HandshakeError::Timeout(timeout))?
@@ -125,12 +143,17 @@ async fn connect_inner(
     tls: Option<Arc<rustls::ClientConfig>>,
     subprotocols: &str,
     config: WebSocketConfig,
-) -> Result<WebSocketStream<Stream>, HandshakeError> {
+) -> Result<(WebSocketStream<Stream>, Abort), HandshakeError> {
     let tcp = TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(HandshakeError::Connect)?;
     // Updates are small and latency matters more than packet count.
     tcp.set_nodelay(true).map_err(HandshakeError::Io)?;
+    let abort = Abort(
+        socket2::SockRef::from(&tcp)
+            .try_clone()
+            .map_err(HandshakeError::Io)?,
+    );
     let mut stream: Stream = match (target.tls, tls) {
         (false, _) => Box::new(tcp),
         (true, Some(tls)) => Box::new(
@@ -197,7 +220,9 @@ async fn connect_inner(
     }
     // Frames the broker sent right behind its answer are already in our buffer.
     let leftover = buffer.split_off(head_len);
-    Ok(WebSocketStream::from_partially_read(stream, leftover, Role::Client, Some(config)).await)
+    let ws =
+        WebSocketStream::from_partially_read(stream, leftover, Role::Client, Some(config)).await;
+    Ok((ws, abort))
 }
 
 #[cfg(test)]

@@ -126,7 +126,7 @@ async fn run(
             result = heartbeat.beat_while(handshake::connect(target, tls, &subprotocols, config, settings.connect_timeout)) => result,
         };
         let why = match connected {
-            Ok(ws) => {
+            Ok((ws, abort)) => {
                 tracing::info!(broker = %target, "connected to broker");
                 state.send_replace(UplinkState::Connected);
                 hub.metrics().uplink_connected(true);
@@ -134,6 +134,7 @@ async fn run(
                 match session(ws, &hub, &settings, &shutdown, heartbeat).await {
                     None => return,
                     Some(why) => {
+                        abort.reset();
                         // A link that held for a while was healthy: start the backoff over.
                         if since.elapsed() > settings.backoff_max {
                             attempt = 0;

@@ -1,7 +1,8 @@
 //! The dashboard's files (`web/`), embedded in release builds and read from disk in debug
 //! builds (edit and reload). Served with their MIME type, an `ETag` for cheap revalidation,
-//! gzip or brotli when the browser takes it (compressed once, then kept), and the security
-//! headers the page is written to satisfy.
+//! gzip when the browser takes it (compressed once, then kept), and the security headers the
+//! page is written to satisfy. Gzip only: brotli's encoder and its tables cost the board's
+//! binary ~0.9 MB (docs/benchmarks.md) to save a few KiB on a dashboard of ~120 KiB.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -30,19 +31,17 @@ const COMPRESS_MIN_BYTES: usize = 512;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Encoding {
-    Brotli,
     Gzip,
 }
 
 impl Encoding {
     fn token(self) -> &'static str {
         match self {
-            Encoding::Brotli => "br",
             Encoding::Gzip => "gzip",
         }
     }
 
-    /// The best encoding the request accepts; `q=0` refuses one.
+    /// The encoding the request accepts, if any; `q=0` refuses one.
     fn negotiate(headers: &HeaderMap) -> Option<Encoding> {
         let accepted = headers.get(header::ACCEPT_ENCODING)?.to_str().ok()?;
         let accepts = |token: &str| {
@@ -52,27 +51,11 @@ impl Encoding {
                     && !parts.any(|p| p.replace(' ', "").starts_with("q=0") && !p.contains("q=0."))
             })
         };
-        if accepts("br") {
-            Some(Encoding::Brotli)
-        } else if accepts("gzip") {
-            Some(Encoding::Gzip)
-        } else {
-            None
-        }
+        accepts("gzip").then_some(Encoding::Gzip)
     }
 
     fn compress(self, data: &[u8]) -> Bytes {
         match self {
-            Encoding::Brotli => {
-                let mut out = Vec::with_capacity(data.len() / 3);
-                let params = brotli::enc::BrotliEncoderParams {
-                    quality: 9,
-                    ..Default::default()
-                };
-                brotli::BrotliCompress(&mut &data[..], &mut out, &params)
-                    .expect("compressing into memory cannot fail");
-                Bytes::from(out)
-            }
             Encoding::Gzip => {
                 let mut encoder =
                     flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
@@ -216,17 +199,15 @@ mod tests {
     fn negotiates_the_best_accepted_encoding() {
         assert_eq!(
             Encoding::negotiate(&accept("gzip, deflate, br")),
-            Some(Encoding::Brotli)
+            Some(Encoding::Gzip)
         );
         assert_eq!(Encoding::negotiate(&accept("gzip")), Some(Encoding::Gzip));
         assert_eq!(
-            Encoding::negotiate(&accept("br;q=0, gzip")),
+            Encoding::negotiate(&accept("br, gzip;q=0.5")),
             Some(Encoding::Gzip)
         );
-        assert_eq!(
-            Encoding::negotiate(&accept("br;q=0.5")),
-            Some(Encoding::Brotli)
-        );
+        assert_eq!(Encoding::negotiate(&accept("br, gzip;q=0")), None);
+        assert_eq!(Encoding::negotiate(&accept("br")), None);
         assert_eq!(Encoding::negotiate(&accept("identity")), None);
         assert_eq!(Encoding::negotiate(&HeaderMap::new()), None);
     }
@@ -241,10 +222,6 @@ mod tests {
             .read_to_end(&mut plain)
             .expect("gunzip");
         assert_eq!(plain, data);
-        let br = Encoding::Brotli.compress(&data);
-        let mut plain = Vec::new();
-        brotli::BrotliDecompress(&mut &br[..], &mut plain).expect("unbrotli");
-        assert_eq!(plain, data);
-        assert!(br.len() < data.len() / 5);
+        assert!(gzip.len() < data.len() / 5);
     }
 }

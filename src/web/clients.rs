@@ -2,13 +2,17 @@
 //! `new` gets it the hub's snapshot at once and registers it for live events; its `update`
 //! becomes a write routed to the node's owner, if the connection may write (see
 //! [`super::auth`]) and within its rate and size limits.
+//!
+//! On the broker, a client that said it is aiot's dashboard (`"aiot": 1` in its hello) is also
+//! told which gateway each node came from (a `gateway` field on `new`, see [`GatewayLabels`]);
+//! every other client gets pyaiot's messages byte for byte.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse as _, Response};
 use serde_json::Value;
@@ -18,13 +22,25 @@ use super::auth::Access;
 use super::security::{ClientSlot, Counters, Guard};
 use super::socket::{self, Ending, READ_BUFFER_BYTES, WsLimits};
 use crate::hub::{ClientId, Event, Hub, Snapshot};
-use crate::metrics::Channel;
+use crate::metrics::{Channel, Limit};
 use crate::proto::broker::{ClientMessage, Dst, NodeMessage, Write};
 use crate::runtime::Supervisor;
 
 /// Events sent in one batch before flushing, so a burst costs few syscalls but a single event
 /// still goes out at once.
 const EVENT_BATCH: usize = 64;
+
+/// Which gateway a node came from, as the broker knows it.
+pub trait NodeOrigins: Send + Sync {
+    /// The gateway's name (or a fixed label for gateways with pyaiot's shared key); `None`
+    /// when the node is unknown or its gateway has gone.
+    fn gateway_of(&self, uid: &str) -> Option<Arc<str>>;
+}
+
+/// Set as a request extension on the `/ws` route (the broker does): its aiot dashboards get
+/// the node's gateway on every `new`. A gateway's own `/ws` has none.
+#[derive(Clone)]
+pub struct GatewayLabels(pub Arc<dyn NodeOrigins>);
 
 #[derive(Clone)]
 pub struct ClientEndpoint {
@@ -38,9 +54,11 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    labels: Option<Extension<GatewayLabels>>,
     State(endpoint): State<ClientEndpoint>,
 ) -> Response {
     let Some(slot) = endpoint.guard.admit() else {
+        endpoint.hub.metrics().limit_hit(Limit::WebClients);
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "too many web clients are connected; try again later",
@@ -58,7 +76,8 @@ pub async fn upgrade(
         .max_message_size(limits.max_frame_bytes)
         .on_upgrade(move |socket| {
             let tracker = endpoint.supervisor.tracker().clone();
-            tracker.track_future(session(socket, endpoint, peer, access, slot))
+            let labels = labels.map(|Extension(labels)| labels);
+            tracker.track_future(session(socket, endpoint, peer, access, slot, labels))
         })
 }
 
@@ -66,6 +85,8 @@ pub async fn upgrade(
 struct ClientView {
     id: ClientId,
     known: HashSet<String>,
+    /// Set once an aiot dashboard said hello to the broker: its `new`s name the gateway.
+    labels: Option<GatewayLabels>,
 }
 
 impl ClientView {
@@ -85,8 +106,26 @@ impl ClientView {
     fn take(&mut self, event: &Event, batch: &mut Vec<Utf8Bytes>) {
         if event.is_for(&self.id) {
             self.note(&event.message);
-            batch.push(socket::text(event.json.clone()));
+            let text = self
+                .labelled(&event.message)
+                .unwrap_or_else(|| socket::text(event.json.clone()));
+            batch.push(text);
         }
+    }
+
+    /// The text of `message` for this client.
+    fn text(&self, message: &NodeMessage) -> Utf8Bytes {
+        self.labelled(message)
+            .unwrap_or_else(|| Utf8Bytes::from(message.to_json()))
+    }
+
+    /// A `new` with its gateway, for an aiot dashboard on the broker; `None`: pyaiot's text.
+    fn labelled(&self, message: &NodeMessage) -> Option<Utf8Bytes> {
+        let NodeMessage::New { uid, .. } = message else {
+            return None;
+        };
+        let gateway = self.labels.as_ref()?.0.gateway_of(uid)?;
+        message.to_json_with_gateway(&gateway).map(Utf8Bytes::from)
     }
 
     /// The messages that turn what the client saw into `snapshot`: `out` for every node it
@@ -216,11 +255,13 @@ async fn session(
     peer: SocketAddr,
     access: Access,
     _slot: ClientSlot,
+    labels: Option<GatewayLabels>,
 ) {
     let shutdown = endpoint.supervisor.shutdown_token();
     let mut view = ClientView {
         id: uuid::Uuid::new_v4().to_string(),
         known: HashSet::new(),
+        labels: None,
     };
     let guard = endpoint.guard.clone();
     let mut conduct = Conduct {
@@ -254,6 +295,7 @@ async fn session(
                 };
                 if !conduct.rate.take() {
                     Counters::add(&guard.counters.messages_rate_limited);
+                    metrics.limit_hit(Limit::ClientMessagesPerSec);
                     if !std::mem::replace(&mut conduct.logged_rate, true) {
                         tracing::warn!(client = %view.id, %peer, "web client sends too fast: dropping its excess messages (web.client_messages_per_sec)");
                     }
@@ -262,13 +304,16 @@ async fn session(
                 match ClientMessage::parse(&text) {
                     Ok(ClientMessage::Hello) => {
                         conduct.aiot |= says_aiot(&text);
+                        if conduct.aiot {
+                            view.labels.clone_from(&labels);
+                        }
                         let Some(subscription) = endpoint.hub.subscribe().await else {
                             break Ending::Shutdown;
                         };
                         events = Some(subscription.events);
                         view.known.clear();
                         let replay = view.resync(&subscription.snapshot);
-                        if let Err(ending) = send_messages(&mut socket, &replay, &endpoint).await {
+                        if let Err(ending) = send_messages(&mut socket, &replay, &view, &endpoint).await {
                             break ending;
                         }
                         endpoint.hub.client_hello(view.id.clone()).await;
@@ -387,19 +432,17 @@ async fn resync(
     };
     *events = Some(subscription.events);
     let messages = view.resync(&subscription.snapshot);
-    send_messages(socket, &messages, endpoint).await
+    send_messages(socket, &messages, view, endpoint).await
 }
 
 async fn send_messages(
     socket: &mut WebSocket,
     messages: &[NodeMessage],
+    view: &ClientView,
     endpoint: &ClientEndpoint,
 ) -> Result<(), Ending> {
     // Collected first: a borrowing iterator held across the await would not be `Send`.
-    let texts: Vec<Utf8Bytes> = messages
-        .iter()
-        .map(|m| Utf8Bytes::from(m.to_json()))
-        .collect();
+    let texts: Vec<Utf8Bytes> = messages.iter().map(|m| view.text(m)).collect();
     let sent =
         socket::send_batch(socket, socket::texts(texts), endpoint.limits.send_timeout).await?;
     endpoint.hub.metrics().sent(Channel::WebClient, sent);
@@ -417,6 +460,7 @@ mod tests {
         let mut view = ClientView {
             id: "c".into(),
             known: ["gone".to_string(), "kept".to_string()].into(),
+            labels: None,
         };
         let snapshot = Snapshot {
             nodes: vec![NodeState {

@@ -11,6 +11,7 @@ const PATHS = {
   right: { d: 'M20 12L6 4v16z' },
   stop: { d: 'M6 6h12v12H6z' },
   pin: { d: 'M12 21s-6-5.5-6-11a6 6 0 0112 0c0 5.5-6 11-6 11zM12 12.5a2.5 2.5 0 100-5 2.5 2.5 0 000 5z', stroke: true },
+  gateway: { d: 'M4 14h16v6H4zM8 17h.01M12 14V9M8.5 8.5a5 5 0 017 0M6 6a8.5 8.5 0 0112 0', stroke: true },
   chip: { d: 'M7 7h10v10H7zM9 3v4M15 3v4M9 17v4M15 17v4M3 9h4M3 15h4M17 9h4M17 15h4', stroke: true },
 };
 

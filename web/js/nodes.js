@@ -18,6 +18,7 @@ class Node {
     this.uid = uid;
     this.res = new Map(); // endpoint -> Res
     this.meta = {}; // name, os, board, ... -> value
+    this.gateway = null; // the gateway it came from, when the broker says (aiot brokers do)
     this.metaGen = {};
     this.gone = false;
     this.goneAt = 0;
@@ -69,6 +70,13 @@ function stampOf(msg) {
   return null;
 }
 
+/** Gateway names never start with `(`: such a label is the broker's own, for a gateway
+ *  without a name (one with pyaiot's shared key). */
+function gatewayTitle(gateway) {
+  if (!gateway) return '';
+  return gateway.startsWith('(') ? `From a gateway with no name of its own: ${gateway}` : `Gateway: ${gateway}`;
+}
+
 const fmtTime = (t) => new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
 
 /** What writes to a node: disabled while the page is read-only. */
@@ -114,6 +122,13 @@ export class Dashboard {
           node.gone = false;
           node.headDirty = true;
           this.countsDirty = true;
+          this.mark(node);
+        }
+        // An aiot broker names the node's gateway on `new`; a gateway's own server does not
+        // (then the card shows none), and a `new` without it keeps what an earlier one said.
+        if (typeof msg.gateway === 'string' && msg.gateway && msg.gateway !== node.gateway) {
+          node.gateway = msg.gateway;
+          node.headDirty = true;
           this.mark(node);
         }
         break;
@@ -325,6 +340,9 @@ export class Dashboard {
     const id = 'node-' + ++this.seq;
     node.nameEl = h('h2', { class: 'node-name', id });
     node.protoEl = h('span', { class: 'chip', hidden: true });
+    node.gatewayText = h('span', { class: 'node-gateway-name' });
+    node.gatewayEl = h('span', { class: 'node-gateway', hidden: true },
+      icon('gateway', 'icon icon-inline'), node.gatewayText);
     node.subEl = h('span', { class: 'node-sub-text' });
     node.goneTime = h('time');
     node.goneEl = h('span', { class: 'gone-label', hidden: true }, 'went away ', node.goneTime);
@@ -338,7 +356,7 @@ export class Dashboard {
     node.el = h('article', { class: 'node card', dataset: { uid: node.uid }, 'aria-labelledby': id },
       h('header', { class: 'node-head' },
         h('div', { class: 'node-title' }, node.nameEl,
-          h('div', { class: 'node-sub' }, node.protoEl, node.subEl)),
+          h('div', { class: 'node-sub' }, node.protoEl, node.gatewayEl, node.subEl)),
         h('div', { class: 'node-state' }, node.goneEl, node.dismissEl)),
       node.body,
       node.emptyEl,
@@ -355,6 +373,9 @@ export class Dashboard {
       const proto = node.meta.protocol;
       node.protoEl.hidden = !proto;
       setText(node.protoEl, proto ? V.displayText(proto) : '');
+      node.gatewayEl.hidden = !node.gateway;
+      setText(node.gatewayText, node.gateway ?? '');
+      setAttr(node.gatewayEl, 'title', gatewayTitle(node.gateway));
       const sub = ['os', 'board'].map((k) => node.meta[k]).filter((v) => v !== undefined && v !== '')
         .map(V.displayText).join(' · ');
       setText(node.subEl, sub);
@@ -372,6 +393,9 @@ export class Dashboard {
         if (key === 'name' || node.meta[key] === undefined) continue;
         rows.push(h('div', { dataset: { endpoint: key } },
           h('dt', null, V.META_LABELS[key]), h('dd', null, V.displayText(node.meta[key]))));
+      }
+      if (node.gateway) {
+        rows.push(h('div', { class: 'meta-gateway' }, h('dt', null, 'Gateway'), h('dd', null, node.gateway)));
       }
       rows.push(h('div', { class: 'meta-uid' }, h('dt', null, 'UID'), h('dd', null, node.uid)));
       node.metaEl.replaceChildren(...rows);

@@ -19,10 +19,12 @@ AIOT_LICENSE = BSD-3-Clause
 
 # The appliance's binary favours size, as the release-small profile does on the host.
 AIOT_CARGO_ENV = \
-	CARGO_PROFILE_RELEASE_OPT_LEVEL=s \
+	CARGO_PROFILE_RELEASE_OPT_LEVEL=z \
 	CARGO_PROFILE_RELEASE_LTO=fat \
 	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
 	CARGO_PROFILE_RELEASE_PANIC=abort
+# No `aiot bench` on the device (a development tool), as scripts/build-aarch64 builds it.
+AIOT_CARGO_BUILD_OPTS = --no-default-features
 
 # The same account as overlay/usr/lib/sysusers.d/aiot.conf, made at build time so that a
 # read-only root file system has it from the first boot.
@@ -43,6 +45,8 @@ define AIOT_INSTALL_INIT_SYSTEMD
 		$(TARGET_DIR)/usr/lib/systemd/system/aiot-gateway.service
 	$(INSTALL) -D -m 0644 $(@D)/overlay/usr/lib/systemd/system/aiot-firstboot.service \
 		$(TARGET_DIR)/usr/lib/systemd/system/aiot-firstboot.service
+	$(INSTALL) -D -m 0755 $(@D)/overlay/usr/libexec/aiot/firstboot \
+		$(TARGET_DIR)/usr/libexec/aiot/firstboot
 endef
 
 $(eval $(cargo-package))

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::to_hub::ToHub;
 use crate::hub::{Hub, SourceCommand};
-use crate::metrics::{Channel, Metrics};
+use crate::metrics::{Channel, Limit, Metrics};
 use crate::proto::coap::MAX_DATAGRAM;
 use crate::proto::coap::exchange::Transmit;
 use crate::runtime::Supervisor;
@@ -194,6 +194,7 @@ async fn run(
         metrics: metrics.clone(),
     };
     let mut busy_reported = 0u64;
+    let (mut refused_reported, mut pending_reported, mut resources_reported) = (0u64, 0u64, 0u64);
     // One byte more than the largest datagram accepted, to tell a longer one apart.
     let mut buffer = vec![0u8; MAX_DATAGRAM + 1];
     loop {
@@ -250,6 +251,23 @@ async fn run(
             }
         }
         nodes.set_backpressure(to_hub.is_behind());
+        let stats = nodes.stats();
+        for (count, reported, limit) in [
+            (stats.refused, &mut refused_reported, Limit::CoapNodes),
+            (
+                stats.pending_refused,
+                &mut pending_reported,
+                Limit::PendingDiscoveries,
+            ),
+            (
+                stats.resources_refused,
+                &mut resources_reported,
+                Limit::ResourcesPerNode,
+            ),
+        ] {
+            metrics.add_limit_hits(limit, count - *reported);
+            *reported = count;
+        }
         let busy = nodes.stats().busy;
         if busy > busy_reported {
             metrics.messages_dropped(Channel::Coap, busy - busy_reported);

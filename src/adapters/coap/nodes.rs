@@ -38,6 +38,9 @@ pub struct Settings {
     pub max_time: Duration,
     /// Nodes being discovered at once; the others wait their turn.
     pub discovery_concurrency: usize,
+    /// Nodes waiting for their turn at most; a new node past this is refused with 5.03, so a
+    /// flood of new addresses cannot queue unbounded work (it registers at a later alive).
+    pub max_pending_discoveries: usize,
     /// Resources read from one node's discovery at most.
     pub max_resources: usize,
     /// Writes waiting behind a node's request in flight; more are dropped and logged.
@@ -53,6 +56,7 @@ impl Default for Settings {
             max_nodes: crate::proto::limits::MAX_NODES,
             max_time: Duration::from_secs(120),
             discovery_concurrency: 16,
+            max_pending_discoveries: crate::proto::limits::MAX_PENDING_DISCOVERIES,
             max_resources: crate::proto::limits::MAX_RESOURCES,
             node_queue: 16,
             exchange: Params::default(),
@@ -106,6 +110,10 @@ struct Node {
 pub struct Stats {
     pub registered: u64,
     pub refused: u64,
+    /// New nodes refused with 5.03 because `max_pending_discoveries` were waiting.
+    pub pending_refused: u64,
+    /// Resources past `max_resources` ignored in discoveries.
+    pub resources_refused: u64,
     /// Requests refused with 5.03 because the hub was not keeping up: readings lost unless
     /// the node retries (RIOT's NON posts are never retried).
     pub busy: u64,
@@ -127,6 +135,9 @@ pub struct Nodes {
     backpressure: bool,
     /// Whether the refusal of a node for a full table was logged since the table last had room.
     full_logged: bool,
+    /// The same for a full discovery queue: a flood of new addresses has no single offender,
+    /// so it is logged once per flood (until the queue has room again).
+    pending_logged: bool,
     stats: Stats,
 }
 
@@ -153,6 +164,7 @@ impl Nodes {
             next_sweep: None,
             backpressure: false,
             full_logged: false,
+            pending_logged: false,
             stats: Stats::default(),
         }
     }
@@ -309,6 +321,17 @@ impl Nodes {
                         }
                         return self.refuse(&request, Code::SERVICE_UNAVAILABLE, "too many nodes");
                     }
+                    if !known && self.discovery_queue_full() {
+                        self.stats.pending_refused += 1;
+                        if !std::mem::replace(&mut self.pending_logged, true) {
+                            tracing::warn!(%uid, peer = %request.peer, max = self.settings.max_pending_discoveries, "CoAP node refused: too many nodes wait for their discovery (coap.max_pending_discoveries); further refusals are counted, logged again once the queue had room");
+                        }
+                        return self.refuse(
+                            &request,
+                            Code::SERVICE_UNAVAILABLE,
+                            "busy: too many discoveries pending",
+                        );
+                    }
                     if !known && self.backpressure {
                         self.stats.busy += 1;
                         return self.refuse(&request, Code::SERVICE_UNAVAILABLE, "busy");
@@ -432,6 +455,16 @@ impl Nodes {
         }
     }
 
+    /// Whether a new node would have to wait behind `max_pending_discoveries` others.
+    fn discovery_queue_full(&mut self) -> bool {
+        let slot_free = self.discovering < self.settings.discovery_concurrency.max(1);
+        let full = !slot_free && self.waiting.len() >= self.settings.max_pending_discoveries;
+        if !full {
+            self.pending_logged = false;
+        }
+        full
+    }
+
     fn finish_discovery(&mut self, uid: &str, now: Instant) {
         if let Some(node) = self.nodes.get_mut(uid) {
             if let Discovery::Running { ok, again } = node.discovery {
@@ -534,7 +567,12 @@ impl Nodes {
         };
         match job {
             Job::Discover => match links(&outcome, self.settings.max_resources) {
-                Ok(paths) => {
+                Ok((paths, ignored)) => {
+                    if ignored > 0 {
+                        // Once per discovery, which a node only repeats when it resets.
+                        self.stats.resources_refused += ignored as u64;
+                        tracing::warn!(%uid, ip = %node.addr.ip(), ignored, max = self.settings.max_resources, "CoAP node has too many resources, the rest ignored (limits.max_resources_per_node)");
+                    }
                     tracing::debug!(%uid, ?paths, "CoAP node resources");
                     for path in paths.into_iter().rev() {
                         node.jobs.push_front(Job::Read(path));
@@ -630,12 +668,14 @@ fn text(outcome: &Result<Response, Failure>, expected: Code) -> Result<String, S
     }
 }
 
-fn links(outcome: &Result<Response, Failure>, max: usize) -> Result<Vec<String>, String> {
+/// The first `max` resource paths of a discovery, and how many more there were.
+fn links(outcome: &Result<Response, Failure>, max: usize) -> Result<(Vec<String>, usize), String> {
     let document = text(outcome, Code::CONTENT)?;
     let links = link_format::parse(&document).map_err(|e| e.to_string())?;
     let mut paths = link_format::resource_paths(&links);
+    let ignored = paths.len().saturating_sub(max);
     paths.truncate(max);
-    Ok(paths)
+    Ok((paths, ignored))
 }
 
 #[cfg(test)]
@@ -870,6 +910,46 @@ mod tests {
         // Node 1's 4 retransmissions, then 5 transmissions each for nodes 2 and 3, in turn.
         assert_eq!(asked.len(), 14);
         assert_eq!(h.nodes.discovering, 0);
+    }
+
+    #[test]
+    fn a_flood_of_new_nodes_waits_in_a_bounded_queue() {
+        let mut h = Harness::new(Settings {
+            max_nodes: 100,
+            max_pending_discoveries: 2,
+            ..settings()
+        });
+        let mut codes = Vec::new();
+        for i in 1..=6 {
+            let sent = h.post(
+                &format!("127.0.0.{i}:1"),
+                Type::Confirmable,
+                "/alive",
+                &format!("alive:n{i}"),
+            );
+            codes.push(sent[0].code);
+        }
+        // One being discovered, two waiting, the rest refused until the queue has room.
+        assert_eq!(
+            codes,
+            [Code::CHANGED, Code::CHANGED, Code::CHANGED]
+                .into_iter()
+                .chain([Code::SERVICE_UNAVAILABLE; 3])
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(h.nodes.len(), 3);
+        assert_eq!(h.nodes.stats().pending_refused, 3);
+        // A known node's alive is still answered.
+        let known = h.post("127.0.0.2:1", Type::Confirmable, "/alive", "alive:n2");
+        assert_eq!(known[0].code, Code::CHANGED);
+        // Once node 1's discovery ends (it times out), a place frees up.
+        while h.nodes.discovering > 0 && h.nodes.waiting.len() == 2 {
+            h.now = h.nodes.poll_timeout();
+            h.nodes.handle_timeout(h.now);
+            h.sent();
+        }
+        let late = h.post("127.0.0.7:1", Type::Confirmable, "/alive", "alive:n7");
+        assert_eq!(late[0].code, Code::CHANGED);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::to_hub::ToHub;
 use crate::hub::{Hub, SourceCommand};
-use crate::metrics::{Channel, Metrics};
+use crate::metrics::{Channel, Limit, Metrics};
 use crate::proto::mqtt;
 use crate::runtime::Supervisor;
 use crate::runtime::heartbeat::Heartbeat;
@@ -302,6 +302,7 @@ async fn run(
                     if let Err(error) = state.nodes.handle(&topic, &payload, Instant::now(), accept_new) {
                         tracing::debug!(topic = %mqtt_shorten(&topic), %error, "MQTT message dropped");
                     }
+                    metrics.add_limit_hits(Limit::ResourcesPerNode, state.nodes.take_resources_refused());
                 }
                 Link::Down { error, explained: Some(why) } => {
                     if refused.as_ref() != Some(&why) {

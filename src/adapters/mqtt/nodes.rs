@@ -41,6 +41,8 @@ pub struct Nodes {
     actions: VecDeque<Action>,
     publish: VecDeque<NodeMessage>,
     refused_reported: bool,
+    /// Resources past `max_resources` ignored since the socket loop last asked.
+    resources_refused: u64,
 }
 
 fn update(uid: &str, endpoint: &str, data: impl Into<Value>) -> NodeMessage {
@@ -61,7 +63,13 @@ impl Nodes {
             actions: VecDeque::new(),
             publish: VecDeque::new(),
             refused_reported: false,
+            resources_refused: 0,
         }
+    }
+
+    /// Resources ignored for `max_resources` since the last call, for `/metrics`.
+    pub fn take_resources_refused(&mut self) -> u64 {
+        std::mem::take(&mut self.resources_refused)
     }
 
     pub fn len(&self) -> usize {
@@ -99,9 +107,13 @@ impl Nodes {
                 };
                 node.last_seen = now;
                 let mut new = Vec::new();
-                for resource in resources {
+                let listed = resources.len();
+                for (index, resource) in resources.into_iter().enumerate() {
                     if node.resources.len() >= self.settings.max_resources {
-                        tracing::debug!(%id, "too many MQTT resources, the rest ignored");
+                        // Nodes send their list once per discovery: one line per list.
+                        let ignored = (listed - index) as u64;
+                        self.resources_refused += ignored;
+                        tracing::warn!(%id, uid = %node.uid, ignored, max = self.settings.max_resources, "MQTT node lists too many resources, the rest ignored (limits.max_resources_per_node)");
                         break;
                     }
                     if !node.resources.contains(&resource) {

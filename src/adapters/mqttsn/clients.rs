@@ -40,6 +40,8 @@ pub enum Event {
     Dropped,
     /// A client was dropped (keep-alive, retries, CONNECT timeout).
     Lost,
+    /// A CONNECT was refused: `max_clients` are connected.
+    Full,
 }
 
 /// What a client's MQTT connection reports.
@@ -61,6 +63,8 @@ pub struct Clients {
     peers: HashMap<u64, SocketAddr>,
     next_connection: u64,
     warned: HashSet<SocketAddr>,
+    /// Peers told about `max_clients`, apart, so one warning does not hide the other.
+    warned_full: HashSet<SocketAddr>,
     out: VecDeque<Event>,
 }
 
@@ -72,6 +76,7 @@ impl Clients {
             peers: HashMap::new(),
             next_connection: GATEWAY_CONNECTION + 1,
             warned: HashSet::new(),
+            warned_full: HashSet::new(),
             out: VecDeque::new(),
         }
     }
@@ -239,7 +244,15 @@ impl Clients {
             }
         }
         if self.by_peer.len() >= self.settings.max_clients {
-            tracing::debug!(%peer, "MQTT-SN client refused: max_clients reached");
+            if self.warned_full.len() >= WARNED {
+                self.warned_full.clear();
+            }
+            if self.warned_full.insert(peer) {
+                tracing::warn!(%peer, max = self.settings.max_clients, "MQTT-SN client refused: max_clients reached (mqttsn.max_clients); its further attempts are counted, not logged");
+            } else {
+                tracing::debug!(%peer, "MQTT-SN client refused: max_clients reached");
+            }
+            self.out.push_back(Event::Full);
             self.transmit(
                 peer,
                 &Message::ConnAck {

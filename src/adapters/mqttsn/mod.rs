@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Channel, Metrics};
+use crate::metrics::{Channel, Limit, Metrics};
 use crate::proto::mqttsn::Message;
 use crate::runtime::Supervisor;
 use clients::{Clients, GATEWAY_CONNECTION, UpEvent};
@@ -297,6 +297,7 @@ impl Loop {
                 } => self.command(connection, command),
                 clients::Event::Dropped => self.metrics.messages_dropped(Channel::MqttSn, 1),
                 clients::Event::Lost => self.metrics.peer_dropped(Channel::MqttSn),
+                clients::Event::Full => self.metrics.limit_hit(Limit::MqttSnClients),
             }
         }
     }

@@ -18,11 +18,13 @@ require ${BPN}-crates.inc
 
 # Only the root Cargo.lock: fuzz/ is a separate workspace that is not built here.
 CARGO_LOCK_SRC_DIR = "${S}"
-CARGO_BUILD_FLAGS:append = " --bin aiot"
+# No `aiot bench` on the device (a development tool), as scripts/build-aarch64 builds it.
+CARGO_BUILD_FLAGS:append = " --bin aiot --no-default-features"
 # The appliance's size-optimised build, as the release-small profile does on the host.
-export CARGO_PROFILE_RELEASE_OPT_LEVEL = "s"
+export CARGO_PROFILE_RELEASE_OPT_LEVEL = "z"
 export CARGO_PROFILE_RELEASE_LTO = "fat"
 export CARGO_PROFILE_RELEASE_CODEGEN_UNITS = "1"
+export CARGO_PROFILE_RELEASE_PANIC = "abort"
 
 USERADD_PACKAGES = "${PN}"
 USERADD_PARAM:${PN} = "--system --user-group --home-dir /var/lib/aiot --no-create-home \
@@ -34,6 +36,8 @@ do_install:append() {
     install -d ${D}${systemd_system_unitdir} ${D}${sysconfdir}/aiot ${D}${nonarch_libdir}/sysusers.d
     install -m 0644 ${S}/overlay/usr/lib/systemd/system/aiot-gateway.service ${D}${systemd_system_unitdir}/
     install -m 0644 ${S}/overlay/usr/lib/systemd/system/aiot-firstboot.service ${D}${systemd_system_unitdir}/
+    install -D -m 0755 ${S}/overlay/usr/libexec/aiot/firstboot ${D}${libexecdir}/aiot/firstboot
+    install -D -m 0644 ${S}/overlay/etc/issue.d/aiot.issue ${D}${sysconfdir}/issue.d/aiot.issue
     install -m 0644 ${S}/overlay/etc/aiot/gateway.toml ${D}${sysconfdir}/aiot/
     install -m 0644 ${S}/overlay/usr/lib/sysusers.d/aiot.conf ${D}${nonarch_libdir}/sysusers.d/
     install -d ${D}${nonarch_libdir}/systemd/system.conf.d ${D}${nonarch_libdir}/systemd/journald.conf.d
@@ -41,6 +45,6 @@ do_install:append() {
     cp -R --no-preserve=ownership ${S}/overlay/usr/lib/systemd/journald.conf.d/. ${D}${nonarch_libdir}/systemd/journald.conf.d/
 }
 
-FILES:${PN} += "${nonarch_libdir}/sysusers.d ${nonarch_libdir}/systemd/system.conf.d \
+FILES:${PN} += "${libexecdir}/aiot ${sysconfdir}/issue.d ${nonarch_libdir}/sysusers.d ${nonarch_libdir}/systemd/system.conf.d \
     ${nonarch_libdir}/systemd/journald.conf.d"
 CONFFILES:${PN} = "${sysconfdir}/aiot/gateway.toml"
