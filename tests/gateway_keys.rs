@@ -7,9 +7,12 @@ mod common;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::{Aiot, Peer, TIMEOUT, broker_with_keys_args, gateway, http_get, is_update, key_file};
+use common::{
+    Aiot, Peer, PyaiotGateway, TIMEOUT, broker_with_keys_args, gateway, http_get, is_update,
+    key_file,
+};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
@@ -180,44 +183,6 @@ async fn a_revoked_gateway_gets_401_while_another_stays_connected_with_its_nodes
     broker.wait_for_count("gateways file reloaded", 2, TIMEOUT);
 }
 
-struct Python(std::process::Child, common::Lines);
-
-impl Python {
-    /// A pyaiot-style gateway on `url` with `key`, announcing node `uid`.
-    fn gateway(url: &str, key: &str, uid: &str) -> Python {
-        let mut child = Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/python/pyaiot_gateway.py"
-            ))
-            .args([url, key, uid])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs (ci/test installs tornado and cryptography)");
-        let lines = common::collect_lines(child.stdout.take().expect("piped"));
-        Python(child, lines)
-    }
-
-    fn first_line(&self) -> String {
-        let (lines, changed) = &*self.1;
-        let guard = lines.lock().expect("lock");
-        let (guard, _) = changed
-            .wait_timeout_while(guard, TIMEOUT, |l| l.is_empty())
-            .expect("lock");
-        guard
-            .first()
-            .cloned()
-            .expect("the Python gateway says something")
-    }
-}
-
-impl Drop for Python {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The next text message exactly as the broker sent it.
 async fn raw_text(peer: &mut Peer) -> String {
     loop {
@@ -241,7 +206,7 @@ async fn pyaiot_style_gateways_with_the_shared_key_or_their_own_and_dashboards_s
     let url = format!("ws://{addr}/gw");
     let mut client = Peer::client(&format!("ws://{addr}/ws")).await;
 
-    let shared = Python::gateway(&url, &key_file(&shared_dir), "py-shared");
+    let shared = PyaiotGateway::start(&url, &key_file(&shared_dir), "py-shared");
     assert_eq!(shared.first_line(), "connected");
     broker.wait_for_log(&["gateway connected", "gateway=(shared key)"], TIMEOUT);
     // What a pyaiot dashboard gets is pyaiot's message, byte for byte: no added field. (`dst`
@@ -265,7 +230,7 @@ async fn pyaiot_style_gateways_with_the_shared_key_or_their_own_and_dashboards_s
         .await;
 
     // A per-gateway key file is an ordinary pyaiot key file: pyaiot's gateway can use it.
-    let own = Python::gateway(&url, lab_key.to_str().expect("utf-8"), "py-lab");
+    let own = PyaiotGateway::start(&url, lab_key.to_str().expect("utf-8"), "py-lab");
     assert_eq!(own.first_line(), "connected");
     broker.wait_for_log(&["node from gateway", "py-lab", "gateway=lab"], TIMEOUT);
     client
@@ -278,7 +243,7 @@ async fn pyaiot_style_gateways_with_the_shared_key_or_their_own_and_dashboards_s
     aiot::keys::Keys::generate()
         .write(&stranger_key, false)
         .expect("written");
-    let stranger = Python::gateway(&url, stranger_key.to_str().expect("utf-8"), "py-x");
+    let stranger = PyaiotGateway::start(&url, stranger_key.to_str().expect("utf-8"), "py-x");
     assert_eq!(stranger.first_line(), "refused 401");
 }
 

@@ -6,11 +6,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use aiot::proto::broker::NodeMessage;
-use common::{Peer, TIMEOUT, broker_with_keys_args, gateway, key_file};
+use common::{Peer, PyaiotGateway, TIMEOUT, broker_with_keys_args, gateway, key_file};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -137,41 +137,6 @@ fn assert_pyaiot(seen: &[String]) {
     }
 }
 
-/// A pyaiot-style gateway (tests/python/pyaiot_gateway.py) announcing node `uid`.
-struct Python(std::process::Child, common::Lines);
-
-impl Python {
-    fn gateway(url: &str, key: &str, uid: &str) -> Python {
-        let mut child = Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/python/pyaiot_gateway.py"
-            ))
-            .args([url, key, uid])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs (ci/test installs tornado and cryptography)");
-        let lines = common::collect_lines(child.stdout.take().expect("piped"));
-        Python(child, lines)
-    }
-
-    fn first_line(&self) -> String {
-        let (lines, changed) = &*self.1;
-        let guard = lines.lock().expect("lock");
-        let (guard, _) = changed
-            .wait_timeout_while(guard, TIMEOUT, |l| l.is_empty())
-            .expect("lock");
-        guard.first().cloned().expect("the Python gateway speaks")
-    }
-}
-
-impl Drop for Python {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn aiot_dashboards_learn_each_nodes_gateway_and_pyaiot_dashboards_get_pyaiot_bytes() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -245,7 +210,7 @@ async fn aiot_dashboards_learn_each_nodes_gateway_and_pyaiot_dashboards_get_pyai
     );
 
     // A pyaiot gateway with the shared key has no name: aiot dashboards get a fixed label.
-    let shared = Python::gateway(
+    let shared = PyaiotGateway::start(
         &format!("ws://{addr}/gw"),
         &key_file(&shared_dir),
         "py-node",

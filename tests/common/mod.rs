@@ -478,3 +478,42 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[size + 2..];
     }
 }
+
+/// A pyaiot-style gateway (tests/python/pyaiot_gateway.py) announcing one node; killed when
+/// dropped. Its first line says how the broker took it: `connected` or `refused <status>`.
+pub struct PyaiotGateway(Child, Lines);
+
+impl PyaiotGateway {
+    pub fn start(url: &str, key: &str, uid: &str) -> PyaiotGateway {
+        let mut child = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/python/pyaiot_gateway.py"
+            ))
+            .args([url, key, uid])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs (ci/test installs tornado and cryptography)");
+        let lines = collect_lines(child.stdout.take().expect("piped"));
+        PyaiotGateway(child, lines)
+    }
+
+    pub fn first_line(&self) -> String {
+        let (lines, changed) = &*self.1;
+        let guard = lines.lock().expect("lock");
+        let (guard, _) = changed
+            .wait_timeout_while(guard, TIMEOUT, |l| l.is_empty())
+            .expect("lock");
+        guard
+            .first()
+            .cloned()
+            .expect("the Python gateway says something")
+    }
+}
+
+impl Drop for PyaiotGateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
