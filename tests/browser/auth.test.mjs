@@ -11,10 +11,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { AIOT_BIN, startDemo, testNode } from './aiot.mjs';
+import { expectClean, openPage } from './pages.mjs';
 
 const PASSWORD = 'browser test password';
 const screenshots = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../docs/img');
-const LOCAL = new Set(['127.0.0.1', 'localhost', '[::1]']);
 
 let browser;
 let demo;
@@ -39,28 +39,8 @@ after(async () => {
   if (scratch) rmSync(scratch, { recursive: true, force: true });
 });
 
-/** A page that fails the test on console errors, page errors and requests off this machine.
- *  A refused login is an expected 401, which Chromium reports on the console. */
-async function open(url) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  const page = await context.newPage();
-  const problems = [];
-  page.on('console', (m) => {
-    if (m.type() === 'error' && !/status of 401/.test(m.text())) problems.push(`console: ${m.text()}`);
-  });
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  page.on('request', (r) => {
-    const host = new URL(r.url()).hostname;
-    if (!LOCAL.has(host) && !r.url().startsWith('data:')) problems.push(`left localhost: ${r.url()}`);
-  });
-  await page.goto(url);
-  return { page, context, problems };
-}
-
-async function expectClean({ problems, context }) {
-  await context.close();
-  assert.deepEqual(problems, [], 'no console errors and no request off this machine');
-}
+/** A refused login is an expected 401, which Chromium reports on the console. */
+const open = (url) => openPage(browser, url, { expectedConsole: /status of 401/ });
 
 for (const where of ['broker', 'gateway']) {
   test(`the ${where} dashboard is read-only until a login`, async () => {

@@ -8,9 +8,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { startDemo, testNode } from './aiot.mjs';
+import { expectClean, openPage } from './pages.mjs';
 
 const screenshots = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../docs/img');
-const LOCAL = new Set(['127.0.0.1', 'localhost', '[::1]']);
 
 let browser;
 let demo;
@@ -29,25 +29,7 @@ after(async () => {
   await demo?.stop();
 });
 
-/** A page that fails the test on console errors, page errors and requests off this machine. */
-async function open(url, viewport = { width: 1280, height: 800 }) {
-  const context = await browser.newContext({ viewport });
-  const page = await context.newPage();
-  const problems = [];
-  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  page.on('request', (r) => {
-    const host = new URL(r.url()).hostname;
-    if (!LOCAL.has(host) && !r.url().startsWith('data:')) problems.push(`left localhost: ${r.url()}`);
-  });
-  await page.goto(url);
-  return { page, context, problems };
-}
-
-async function expectClean({ problems, context }) {
-  await context.close();
-  assert.deepEqual(problems, [], 'no console errors and no request off this machine');
-}
+const open = (url, viewport) => openPage(browser, url, { viewport });
 
 for (const where of ['broker', 'gateway']) {
   test(`the ${where} dashboard shows the simulated nodes with live values`, async () => {

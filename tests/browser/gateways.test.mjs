@@ -10,9 +10,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { testNode } from './aiot.mjs';
+import { expectClean, openPage } from './pages.mjs';
 import { GATEWAY_ON_LOOPBACK, aiotSync, startAiot } from './processes.mjs';
 
-const LOCAL = new Set(['127.0.0.1', 'localhost', '[::1]']);
 
 let browser;
 let scratch;
@@ -57,25 +57,7 @@ after(async () => {
   if (scratch) rmSync(scratch, { recursive: true, force: true });
 });
 
-/** A page that fails the test on console errors, page errors and requests off this machine. */
-async function open(url) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
-  const page = await context.newPage();
-  const problems = [];
-  page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
-  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  page.on('request', (r) => {
-    const host = new URL(r.url()).hostname;
-    if (!LOCAL.has(host) && !r.url().startsWith('data:')) problems.push(`left localhost: ${r.url()}`);
-  });
-  await page.goto(url);
-  return { page, context, problems };
-}
-
-async function expectClean({ problems, context }) {
-  await context.close();
-  assert.deepEqual(problems, [], 'no console errors and no request off this machine');
-}
+const open = (url) => openPage(browser, url);
 
 test("the broker's dashboard shows each node's gateway on its card", async () => {
   const stove = await testNode(gateways.kitchen.nodeUrl, { name: 'stove', temperature: '40°C' });
