@@ -427,6 +427,10 @@ fn mqtt_settings(config: &Config) -> anyhow::Result<Option<gateway::GatewayMqtt>
         max_nodes: config.limits.max_nodes,
         max_resources: config.limits.max_resources_per_node,
         max_time: Duration::from_secs(config.gateway.max_time),
+        subscriptions: match section.host {
+            Some(_) => mqtt::nodes::Subscriptions::PerTopic,
+            None => mqtt::nodes::Subscriptions::Wildcard,
+        },
     };
     let password = match &section.password_file {
         Some(path) => Some(mqtt::tls::password_from_file(path)?),

@@ -331,6 +331,16 @@ async fn bad_payloads_and_unknown_topics_are_dropped_and_disturb_nothing() {
         .await;
     assert_eq!(update["uid"], uid.as_str(), "{update}");
     assert_eq!(update["data"], "1", "{update}");
+    // The gateway subscribes to every node topic of its embedded broker at once: what the
+    // ghost (which never checked in) said reached it and must have been ignored. A new
+    // client is sent every node the gateway has.
+    let mut late = Peer::client(&format!("ws://{web}/ws")).await;
+    let mut news = 0;
+    while let Some(message) = late.next_json(Duration::from_secs(2)).await {
+        news += usize::from(message["type"] == "new");
+        assert_ne!(message["data"], "ghost", "{message}");
+    }
+    assert_eq!(news, 1, "only the good node exists");
     let log = gateway.log_text();
     assert!(!log.contains("MQTT connection lost"), "{log}");
     assert!(log.contains("MQTT message dropped"), "{log}");
@@ -703,4 +713,68 @@ async fn the_gateway_talks_tls_to_mosquitto_with_the_right_ca_and_refuses_anothe
         );
     }
     drop(mosquitto);
+}
+
+/// Hundreds of MQTT nodes starting at once: every check, resource list and value of the
+/// discovery burst goes through the embedded broker's two shared logs (`node/check`,
+/// `node/+/+`), which drop their oldest publishes when the gateway falls too far behind. Every
+/// node must arrive whole: `id`, `protocol` and all seven resources of `aiot node mqtt`.
+#[tokio::test]
+async fn three_hundred_mqtt_nodes_starting_at_once_all_arrive_whole() {
+    const NODES: usize = 300;
+    const RESOURCES: [&str; 9] = [
+        "id",
+        "protocol",
+        "name",
+        "os",
+        "ip",
+        "board",
+        "led",
+        "temperature",
+        "pressure",
+    ];
+    let (gateway, _, web) = common::gateway(None, &[]);
+    let broker = mqtt_addr(&gateway);
+    gateway.wait_for_log(&["MQTT connected"], TIMEOUT);
+    let mut client = Peer::client(&format!("ws://{web}/ws")).await;
+    let _nodes = Aiot::spawn(&[
+        "node",
+        "mqtt",
+        "--mqtt-host",
+        "127.0.0.1",
+        "--mqtt-port",
+        &broker.port().to_string(),
+        "--count",
+        &NODES.to_string(),
+        "--interval",
+        "3600",
+    ]);
+    let mut seen: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        Default::default();
+    let whole = |seen: &std::collections::HashMap<String, std::collections::HashSet<String>>| {
+        seen.values().filter(|e| e.len() == RESOURCES.len()).count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while whole(&seen) < NODES && Instant::now() < deadline {
+        let Some(message) = client.next_json(Duration::from_secs(5)).await else {
+            continue;
+        };
+        let endpoint = message["endpoint"].as_str().unwrap_or_default();
+        if message["type"] == "update" && RESOURCES.contains(&endpoint) {
+            let uid = message["uid"].as_str().expect("uid").to_owned();
+            seen.entry(uid).or_default().insert(endpoint.to_owned());
+        }
+    }
+    let partial: Vec<_> = seen
+        .values()
+        .filter(|e| e.len() < RESOURCES.len())
+        .take(5)
+        .collect();
+    assert_eq!(
+        (seen.len(), whole(&seen)),
+        (NODES, NODES),
+        "nodes seen, and seen whole; some partial ones: {partial:?}"
+    );
+    let log = gateway.log_text();
+    assert!(!log.contains("MQTT connection lost"), "{log}");
 }

@@ -3,16 +3,18 @@
 //! broker would deliver them, with writes from clients and time moving on between them.
 //! Nothing panics, the table never passes its cap, and every topic the gateway publishes or
 //! subscribes to is free of wildcards and inside the scheme: a node's id or resource name can
-//! never widen a subscription or aim a write elsewhere.
+//! never widen a subscription or aim a write elsewhere. Under wildcard subscriptions (the
+//! embedded broker) the gateway subscribes to its two fixed filters and nothing else.
 //!
 //! The input is a series of records separated by 0xFF: the first byte says what the record is
 //! (a message from the broker, a write, or time passing), a message is `topic \0 payload`.
+//! The input's last byte, when odd, picks wildcard subscriptions.
 
 #![no_main]
 
 use std::time::{Duration, Instant};
 
-use aiot::adapters::mqtt::nodes::{Action, Nodes, Settings};
+use aiot::adapters::mqtt::nodes::{Action, Nodes, Settings, Subscriptions};
 use aiot::proto::broker::Write;
 use aiot::proto::mqtt::{self, FromNode};
 use libfuzzer_sys::fuzz_target;
@@ -58,10 +60,15 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
+    let subscriptions = match data.last() {
+        Some(byte) if byte % 2 == 1 => Subscriptions::Wildcard,
+        _ => Subscriptions::PerTopic,
+    };
     let mut nodes = Nodes::new(Settings {
         max_nodes: MAX_NODES,
         max_resources: 8,
         max_time: Duration::from_secs(120),
+        subscriptions,
     });
     let mut now = Instant::now();
     let mut uids: Vec<String> = Vec::new();
@@ -100,6 +107,7 @@ fuzz_target!(|data: &[u8]| {
         while let Some(action) = nodes.poll_action() {
             match action {
                 Action::Subscribe(filters) | Action::Unsubscribe(filters) => {
+                    assert_eq!(subscriptions, Subscriptions::PerTopic, "{filters:?}");
                     filters.iter().for_each(|f| check_topic(f));
                 }
                 Action::Publish { topic, .. } => check_topic(&topic),
@@ -111,6 +119,13 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         assert!(nodes.len() <= MAX_NODES);
-        assert!(nodes.filters().iter().all(|f| !f.contains(['+', '#'])));
+        match subscriptions {
+            Subscriptions::PerTopic => {
+                assert!(nodes.filters().iter().all(|f| !f.contains(['+', '#'])));
+            }
+            Subscriptions::Wildcard => {
+                assert_eq!(nodes.filters(), [mqtt::NODE_CHECK, mqtt::NODE_TOPICS]);
+            }
+        }
     }
 });

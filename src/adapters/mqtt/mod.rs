@@ -33,6 +33,9 @@ const COMMANDS: usize = 256;
 const REQUESTS: usize = 4096;
 /// Topics per SUBSCRIBE packet when subscribing again.
 const FILTERS_PER_PACKET: usize = 64;
+/// Bytes (topics and payloads) per segment of the embedded broker's logs for `node/check` and
+/// `node/+/+`: about 370 checks, or 300 readings, per segment; two segments are kept.
+const NODE_LOG_SEGMENT: usize = 16 * 1024;
 /// How often the gateway asks every node to check in (pyaiot: 30 s).
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -79,17 +82,29 @@ pub fn reserve(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
 /// Starts the embedded MQTT broker: rumqttd's router on its own thread, its listeners (MQTT
 /// 3.1.1, and MQTT 5 if configured) as essential tasks on our runtime.
 pub fn start_broker(supervisor: &Supervisor, settings: BrokerSettings) {
+    // rumqttd keeps every publish in a log per subscription filter until the log is full,
+    // whether or not its subscribers have read it, and each log segment allocates room for
+    // 1024 publishes (218 B each) up front. The gateway subscribes to its nodes through two
+    // wildcard filters (`nodes::Subscriptions::Wildcard`), so two logs hold every node's
+    // traffic: sized for a burst of every node answering `gateway/check` at once, they fill
+    // within minutes and then stay the same size. Other filters (the nodes' own, on their
+    // `gateway/<id>/...` topics) get rumqttd's smallest log: only the gateway publishes there,
+    // and a node reads at once.
+    let node_log = rumqttd::SegmentConfig {
+        max_segment_size: NODE_LOG_SEGMENT,
+        max_segment_count: 2,
+    };
     let router = rumqttd::RouterConfig {
         max_connections: settings.max_connections,
         max_outgoing_packet_count: 200,
-        // rumqttd keeps every publish in a log per subscribed topic (per node and resource,
-        // here) until the log is full, whether or not its subscribers have read it: with
-        // 128 KiB × 4 a node reporting every 10 s made the gateway grow for over a day. The
-        // gateway reads at once, so a short log (rumqttd's minimum segment, the previous one
-        // kept) bounds memory within minutes; a topic that gets a few dozen unread publishes
-        // at once (a burst on `node/check`) loses the oldest, and a node checks again in 30 s.
         max_segment_size: 1024,
         max_segment_count: 2,
+        custom_segment: Some(
+            [mqtt::NODE_CHECK, mqtt::NODE_TOPICS]
+                .into_iter()
+                .map(|filter| (filter.to_owned(), node_log.clone()))
+                .collect(),
+        ),
         ..Default::default()
     };
     let router_tx = rumqttd::Router::new(0, router).spawn();

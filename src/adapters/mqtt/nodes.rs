@@ -18,6 +18,22 @@ pub struct Settings {
     pub max_nodes: usize,
     pub max_resources: usize,
     pub max_time: Duration,
+    pub subscriptions: Subscriptions,
+}
+
+/// How the gateway subscribes to its nodes' topics. Either way, what a node not in the table
+/// says (bar its `node/check`) and the values of resources it did not list are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscriptions {
+    /// pyaiot's flow (protocol.md §3): a node's `resources` topic when it first checks in,
+    /// each resource's topic once listed, all of them dropped when the node goes. For an
+    /// external broker, which may be pyaiot's and may restrict topics by ACL.
+    PerTopic,
+    /// `node/check` and [`mqtt::NODE_TOPICS`], once per connection. For the embedded rumqttd,
+    /// which keeps a log per filter (two segments, each allocating room for 1024 publishes):
+    /// per-topic filters made the gateway's memory grow with every node and resource, for as
+    /// long as their logs took to fill (over half an hour at one reading per 10 s).
+    Wildcard,
 }
 
 /// What the MQTT client must do.
@@ -83,6 +99,10 @@ impl Nodes {
     /// Every filter the gateway needs, for a fresh (clean) session after a ConnAck.
     pub fn filters(&self) -> Vec<String> {
         let mut filters = vec![mqtt::NODE_CHECK.to_owned()];
+        if self.settings.subscriptions == Subscriptions::Wildcard {
+            filters.push(mqtt::NODE_TOPICS.to_owned());
+            return filters;
+        }
         for (id, node) in &self.by_id {
             filters.push(mqtt::resources_topic(id));
             filters.extend(node.resources.iter().map(|r| mqtt::value_topic(id, r)));
@@ -121,9 +141,7 @@ impl Nodes {
                         node.resources.push(resource);
                     }
                 }
-                if !new.is_empty() {
-                    self.actions.push_back(Action::Subscribe(new));
-                }
+                self.subscribe(new);
                 self.actions.push_back(Action::Publish {
                     topic: mqtt::discover_topic(&id),
                     payload: b"values".to_vec(),
@@ -145,6 +163,13 @@ impl Nodes {
             }
         }
         Ok(())
+    }
+
+    /// Topics a node of ours now uses; under [`Subscriptions::Wildcard`] already covered.
+    fn subscribe(&mut self, filters: Vec<String>) {
+        if self.settings.subscriptions == Subscriptions::PerTopic && !filters.is_empty() {
+            self.actions.push_back(Action::Subscribe(filters));
+        }
     }
 
     fn check(&mut self, id: String, now: Instant, accept_new: bool) {
@@ -169,8 +194,7 @@ impl Nodes {
         });
         self.publish.push_back(update(&uid, "id", id.clone()));
         self.publish.push_back(update(&uid, "protocol", PROTOCOL));
-        self.actions
-            .push_back(Action::Subscribe(vec![mqtt::resources_topic(&id)]));
+        self.subscribe(vec![mqtt::resources_topic(&id)]);
         self.actions.push_back(Action::Publish {
             topic: mqtt::discover_topic(&id),
             payload: b"resources".to_vec(),
@@ -215,9 +239,11 @@ impl Nodes {
             if let Some(node) = self.by_id.remove(&id) {
                 tracing::info!(%id, uid = %node.uid, "MQTT node is gone (no news)");
                 self.by_uid.remove(&node.uid);
-                let mut filters = vec![mqtt::resources_topic(&id)];
-                filters.extend(node.resources.iter().map(|r| mqtt::value_topic(&id, r)));
-                self.actions.push_back(Action::Unsubscribe(filters));
+                if self.settings.subscriptions == Subscriptions::PerTopic {
+                    let mut filters = vec![mqtt::resources_topic(&id)];
+                    filters.extend(node.resources.iter().map(|r| mqtt::value_topic(&id, r)));
+                    self.actions.push_back(Action::Unsubscribe(filters));
+                }
                 self.publish.push_back(NodeMessage::Out { uid: node.uid });
             }
         }
@@ -241,10 +267,15 @@ mod tests {
     use serde_json::json;
 
     fn nodes() -> Nodes {
+        nodes_subscribing(Subscriptions::PerTopic)
+    }
+
+    fn nodes_subscribing(subscriptions: Subscriptions) -> Nodes {
         Nodes::new(Settings {
             max_nodes: 2,
             max_resources: 8,
             max_time: Duration::from_secs(120),
+            subscriptions,
         })
     }
 
@@ -329,6 +360,62 @@ mod tests {
         assert_eq!(published, vec![NodeMessage::Out { uid }]);
         assert!(matches!(&actions[0], Action::Unsubscribe(f) if f.len() == 3));
         assert!(n.is_empty());
+    }
+
+    /// The same flow as pyaiot's, minus every subscribe and unsubscribe: the two wildcard
+    /// filters bring everything, and the table alone decides what counts.
+    #[test]
+    fn under_wildcard_subscriptions_only_the_table_filters() {
+        let mut n = nodes_subscribing(Subscriptions::Wildcard);
+        let t0 = Instant::now();
+        assert_eq!(n.filters(), vec!["node/check", "node/+/+"]);
+        // A node that never checked in: its list and values are ignored, nothing is asked.
+        n.handle("node/n2/resources", br#"["led"]"#, t0, true)
+            .expect("resources");
+        n.handle("node/n2/led", br#"{"value":"1"}"#, t0, true)
+            .expect("value");
+        assert_eq!(drain(&mut n), (vec![], vec![]));
+
+        n.handle("node/check", br#"{"id":"n1"}"#, t0, true)
+            .expect("check");
+        let (actions, published) = drain(&mut n);
+        assert_eq!(
+            actions,
+            vec![Action::Publish {
+                topic: "gateway/n1/discover".into(),
+                payload: b"resources".to_vec()
+            }]
+        );
+        let NodeMessage::New { uid, .. } = &published[0] else {
+            panic!("no new: {published:?}");
+        };
+        let uid = uid.clone();
+        // A value before the node listed its resources is not one of ours yet.
+        n.handle("node/n1/led", br#"{"value":"1"}"#, t0, true)
+            .expect("value");
+        assert_eq!(drain(&mut n), (vec![], vec![]));
+        n.handle("node/n1/resources", br#"["led"]"#, t0, true)
+            .expect("resources");
+        assert_eq!(
+            drain(&mut n).0,
+            vec![Action::Publish {
+                topic: "gateway/n1/discover".into(),
+                payload: b"values".to_vec()
+            }]
+        );
+        n.handle("node/n1/led", br#"{"value":"1"}"#, t0, true)
+            .expect("value");
+        n.handle("node/n1/other", br#"{"value":"1"}"#, t0, true)
+            .expect("value");
+        assert_eq!(drain(&mut n).1, vec![update(&uid, "led", json!("1"))]);
+        assert_eq!(n.filters().len(), 2);
+
+        n.expire(t0 + Duration::from_secs(121));
+        assert_eq!(drain(&mut n), (vec![], vec![NodeMessage::Out { uid }]));
+        // Gone means gone: its values are ignored again.
+        n.handle("node/n1/led", br#"{"value":"0"}"#, t0, true)
+            .expect("value");
+        assert_eq!(drain(&mut n), (vec![], vec![]));
     }
 
     #[test]
