@@ -389,6 +389,7 @@ pub struct LimitsConfig {
     pub max_nodes_per_gateway: usize,
     pub max_value_bytes: usize,
     pub node_messages_per_sec: u32,
+    pub gateway_messages_per_sec: u32,
 }
 
 const ANY: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
@@ -442,6 +443,7 @@ impl Default for LimitsConfig {
             max_nodes_per_gateway: limits::MAX_NODES_PER_GATEWAY,
             max_value_bytes: limits::MAX_VALUE_BYTES,
             node_messages_per_sec: limits::NODE_MESSAGES_PER_SEC,
+            gateway_messages_per_sec: limits::GATEWAY_MESSAGES_PER_SEC,
         }
     }
 }

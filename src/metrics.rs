@@ -63,6 +63,8 @@ pub enum Limit {
     ValueBytes,
     /// `limits.node_messages_per_sec`: a node sends faster than this.
     NodeMessagesPerSec,
+    /// `limits.gateway_messages_per_sec`: a gateway connection sends faster than this.
+    GatewayMessagesPerSec,
     /// `coap.max_pending_discoveries`: too many CoAP nodes wait to be discovered.
     PendingDiscoveries,
     /// `coap.max_nodes`.
@@ -76,13 +78,14 @@ pub enum Limit {
 }
 
 impl Limit {
-    const COUNT: usize = 10;
+    const COUNT: usize = 11;
     pub const ALL: [Limit; Limit::COUNT] = [
         Limit::Nodes,
         Limit::NodesPerGateway,
         Limit::ResourcesPerNode,
         Limit::ValueBytes,
         Limit::NodeMessagesPerSec,
+        Limit::GatewayMessagesPerSec,
         Limit::PendingDiscoveries,
         Limit::CoapNodes,
         Limit::WebClients,
@@ -98,6 +101,7 @@ impl Limit {
             Limit::ResourcesPerNode => "max_resources_per_node",
             Limit::ValueBytes => "max_value_bytes",
             Limit::NodeMessagesPerSec => "node_messages_per_sec",
+            Limit::GatewayMessagesPerSec => "gateway_messages_per_sec",
             Limit::PendingDiscoveries => "coap_max_pending_discoveries",
             Limit::CoapNodes => "coap_max_nodes",
             Limit::WebClients => "web_max_clients",

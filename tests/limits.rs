@@ -105,6 +105,67 @@ async fn one_gateway_cannot_fill_the_brokers_table() {
     uid_named(&mut central, "polite-2").await;
 }
 
+/// A gateway connection past `gateway_messages_per_sec` is read more slowly, and loses
+/// nothing: every one of its updates arrives, in order, while another gateway's node gets
+/// through in the middle of the flood instead of waiting behind it.
+#[tokio::test]
+async fn a_flooding_gateway_is_read_slowly_and_the_other_gets_through() {
+    const FLOOD: u64 = 150;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config_file(
+        &dir,
+        "[limits]\ngateway_messages_per_sec = 20\nnode_messages_per_sec = 0\n",
+    );
+    let (broker, broker_addr, keys) = broker_with_keys_args(&["--config", &config]);
+    let key_file = key_file(&keys);
+    let mut central = Peer::client(&format!("ws://{broker_addr}/ws")).await;
+    let mut flood = Peer::gateway(broker_addr, &key_file).await;
+    let mut calm = Peer::gateway(broker_addr, &key_file).await;
+    flood
+        .send_json(&json!({"type": "new", "uid": "flood-node", "dst": "all"}))
+        .await;
+    for count in 1..=FLOOD {
+        flood.send_json(&json!({"type": "update", "uid": "flood-node", "endpoint": "count", "data": count, "dst": "all"})).await;
+    }
+    calm.send_json(&json!({"type": "new", "uid": "calm-node", "dst": "all"}))
+        .await;
+    calm.send_json(&json!({"type": "update", "uid": "calm-node", "endpoint": "name", "data": "calm", "dst": "all"})).await;
+
+    let mut counts = Vec::new();
+    let mut calm_after = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counts.last() != Some(&FLOOD) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(message) = central.next_json(left).await else {
+            panic!("only {counts:?}; log:\n{}", broker.log_text());
+        };
+        if message["uid"] == "flood-node" && message["endpoint"] == "count" {
+            counts.push(message["data"].as_u64().expect("a count"));
+        } else if message["uid"] == "calm-node" && message["endpoint"] == "name" {
+            calm_after = Some(counts.len() as u64);
+        }
+    }
+    assert_eq!(
+        counts,
+        (1..=FLOOD).collect::<Vec<_>>(),
+        "every update, in order"
+    );
+    let calm_after = calm_after.expect("the calm gateway's node came");
+    assert!(
+        calm_after < FLOOD,
+        "the calm node came after {calm_after} of the flood's updates"
+    );
+    let paused = hits(broker_addr, "gateway_messages_per_sec").await;
+    // The first 40 (a burst of twice the rate) pass; nearly every later one waited.
+    assert!((FLOOD / 2..=FLOOD).contains(&paused), "{paused} pauses");
+    assert_eq!(
+        logged(&broker, "limits.gateway_messages_per_sec", "gateway"),
+        1,
+        "{}",
+        broker.log_text()
+    );
+}
+
 #[tokio::test]
 async fn a_chatty_websocket_node_is_throttled_alone() {
     const FLOOD: u64 = 300;

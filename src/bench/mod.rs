@@ -238,6 +238,7 @@ fn children_config(config: Option<&Path>) -> anyhow::Result<Config> {
     // The bench drives a few nodes as fast as they go to measure the pipeline; the per-node
     // throttle would measure itself instead.
     settings.limits.node_messages_per_sec = 0;
+    settings.limits.gateway_messages_per_sec = 0;
     Ok(settings)
 }
 

@@ -5,6 +5,8 @@
 //! dropped after two unanswered pings, so its nodes do not linger (tests/faults.rs). When the
 //! same gateway connects again its earlier connections are pinged at once: one it gave up on
 //! answers with a reset and goes with its stale nodes without waiting for the next ping.
+//! A gateway sending more than `limits.gateway_messages_per_sec` is read more slowly: the
+//! rest waits in TCP and in its own uplink queue, and the other gateways keep the hub.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 use super::gateways::{GatewayList, Identity};
 use super::origins::Origins;
 use crate::hub::{Hub, SourceCommand};
-use crate::metrics::Channel;
+use crate::metrics::{Channel, Limit};
 use crate::proto::broker::{BrokerRequest, Dst, NodeMessage};
+use crate::runtime::rate::TokenBucket;
 use crate::web::socket::{self, Ending, WsLimits};
 
 /// How often the broker pings a gateway; silence for two of these means the link is dead.
@@ -32,6 +35,8 @@ pub struct Gateway {
     pub peer: SocketAddr,
     pub revocations: watch::Receiver<Arc<GatewayList>>,
     pub origins: Origins,
+    /// 0: no limit.
+    pub messages_per_sec: u32,
 }
 
 pub async fn run(
@@ -46,6 +51,7 @@ pub async fn run(
         peer,
         mut revocations,
         origins,
+        messages_per_sec,
     } = gateway;
     let (commands, mut requests) = mpsc::channel(limits.peer_queue);
     let Some(source) = hub
@@ -62,6 +68,10 @@ pub async fn run(
     let mut ping = tokio::time::interval_at(start + PING_INTERVAL, PING_INTERVAL);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = start;
+    let mut rate = (messages_per_sec > 0).then(|| TokenBucket::new(messages_per_sec));
+    // While over its rate, the gateway is not read until this instant.
+    let mut paused_until: Option<tokio::time::Instant> = None;
+    let mut rate_logged = false;
     let ending = loop {
         tokio::select! {
             () = shutdown.cancelled() => break Ending::Shutdown,
@@ -96,11 +106,28 @@ pub async fn run(
                     break ending;
                 }
             }
-            incoming = socket.recv() => {
+            () = sleep_until(paused_until), if paused_until.is_some() => {
+                // The token refilled meanwhile pays for the message read before the pause.
+                paused_until = None;
+                if let Some(bucket) = rate.as_mut() {
+                    bucket.take();
+                }
+            }
+            incoming = socket.recv(), if paused_until.is_none() => {
                 last_heard = tokio::time::Instant::now();
                 let text = match incoming {
                     Some(Ok(Message::Text(text))) => {
                         metrics.received(Channel::Gateway, 1);
+                        if let Some(bucket) = rate.as_mut()
+                            && !bucket.take()
+                        {
+                            paused_until = Some(last_heard + bucket.wait());
+                            metrics.add_limit_hits(Limit::GatewayMessagesPerSec, 1);
+                            if !rate_logged {
+                                rate_logged = true;
+                                tracing::warn!(%peer, gateway = %identity, "gateway sends more than {messages_per_sec} messages/s: reading it more slowly (limits.gateway_messages_per_sec)");
+                            }
+                        }
                         text
                     }
                     Some(Ok(Message::Binary(_))) => {
@@ -147,4 +174,12 @@ pub async fn run(
     );
     source.close().await;
     socket::finish(&mut socket, &ending, &limits).await;
+}
+
+/// Never, if `until` is `None` (the select branch is disabled then anyway).
+async fn sleep_until(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    }
 }

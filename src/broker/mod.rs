@@ -40,6 +40,9 @@ pub struct BrokerSettings {
     /// Serve TLS with this (reloaded on SIGHUP); `None`: plain HTTP.
     pub tls: Option<Arc<ServerTls>>,
     pub limits: WsLimits,
+    /// Messages per second read from one gateway connection, 0 for no limit
+    /// (`limits.gateway_messages_per_sec`).
+    pub gateway_messages_per_sec: u32,
     pub hub: HubConfig,
     pub dashboard: DashboardConfig,
     /// Who may write through `/ws`, and from which origins.
@@ -52,6 +55,7 @@ struct GatewayEndpoint {
     auth: Arc<Authenticator>,
     origins: origins::Origins,
     limits: WsLimits,
+    messages_per_sec: u32,
     supervisor: Supervisor,
 }
 
@@ -93,6 +97,7 @@ pub fn start(
         auth,
         origins: origins.clone(),
         limits: settings.limits.clone(),
+        messages_per_sec: settings.gateway_messages_per_sec,
         supervisor: supervisor.clone(),
     };
     web::security::announce("broker", &settings.web);
@@ -156,6 +161,7 @@ async fn gateway_upgrade(
                     peer,
                     revocations: endpoint.auth.subscribe(),
                     origins: endpoint.origins,
+                    messages_per_sec: endpoint.messages_per_sec,
                 },
             ))
         })

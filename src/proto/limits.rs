@@ -44,6 +44,13 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// is kept, so it costs every client no more than this and still shows its last word.
 pub const NODE_MESSAGES_PER_SEC: u32 = 100;
 
+/// Messages per second the broker reads from one gateway connection; bursts of twice that
+/// pass. A gateway at its 1,000 nodes (`MAX_NODES_PER_GATEWAY`) reporting every second sends
+/// 1,000/s, and replays its whole table after a reconnection; one sending far more is broken
+/// or hostile, and is read more slowly rather than let take the hub from the other gateways.
+/// Nothing it sends is dropped: TCP and its own uplink queue hold the rest.
+pub const GATEWAY_MESSAGES_PER_SEC: u32 = 5000;
+
 /// CoAP nodes waiting for their discovery (behind the `discovery_concurrency` running ones);
 /// an unknown node's `/alive` past this is answered 5.03 and it is registered at a later alive.
 /// Room for a thousand nodes booting at once (tests/coap_scale.rs) with margin; a flood of

@@ -6,6 +6,7 @@
 
 pub mod heartbeat;
 pub mod notify;
+pub mod rate;
 pub mod root;
 
 use std::future::Future;

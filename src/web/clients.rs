@@ -25,6 +25,7 @@ use crate::hub::{ClientId, Event, Hub, Snapshot};
 use crate::metrics::{Channel, Limit};
 use crate::proto::broker::{ClientMessage, Dst, NodeMessage, Write};
 use crate::runtime::Supervisor;
+use crate::runtime::rate::TokenBucket;
 
 /// Events sent in one batch before flushing, so a burst costs few syscalls but a single event
 /// still goes out at once.
@@ -155,37 +156,6 @@ struct Conduct {
     logged_unauthorized: bool,
     logged_too_big: bool,
     logged_rate: bool,
-}
-
-/// Messages per second with a burst of twice that.
-struct TokenBucket {
-    tokens: f64,
-    per_sec: f64,
-    at: tokio::time::Instant,
-}
-
-impl TokenBucket {
-    fn new(per_sec: u32) -> TokenBucket {
-        let per_sec = f64::from(per_sec.max(1));
-        TokenBucket {
-            tokens: 2.0 * per_sec,
-            per_sec,
-            at: tokio::time::Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = tokio::time::Instant::now();
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_sec).min(2.0 * self.per_sec);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 /// Why a write was refused, as a `denied` message tells an aiot dashboard.
