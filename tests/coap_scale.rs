@@ -10,29 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use coap_support::gateway;
+use coap_support::{gateway, nodes};
 use common::{Aiot, Peer, is_update};
 use serde_json::json;
 use tokio::net::UdpSocket;
-
-fn nodes(gateway: SocketAddr, first: &str, node_port: u16, extra: &[&str]) -> Aiot {
-    let port = gateway.port().to_string();
-    let node_port = node_port.to_string();
-    let mut args = vec![
-        "node",
-        "coap",
-        "--gateway-host",
-        "127.0.0.1",
-        "--gateway-port",
-        &port,
-        "--first-address",
-        first,
-        "--node-port",
-        &node_port,
-    ];
-    args.extend_from_slice(extra);
-    Aiot::spawn(&args)
-}
 
 #[tokio::test]
 async fn a_thousand_simulated_nodes_all_appear_with_their_resources() {

@@ -314,21 +314,8 @@ async fn a_flood_of_new_coap_nodes_waits_in_a_bounded_discovery_queue() {
         &[],
     );
     let mut client = Peer::client(&format!("ws://{}/ws", gw.web)).await;
-    let port = gw.coap.port().to_string();
     let spawn_nodes = |first: &str, node_port: u16, extra: &[&str]| {
-        let node_port = node_port.to_string();
-        let mut args = vec![
-            "node",
-            "coap",
-            "--gateway-port",
-            &port,
-            "--first-address",
-            first,
-            "--node-port",
-            &node_port,
-        ];
-        args.extend_from_slice(extra);
-        Aiot::spawn(&args)
+        coap_support::nodes(gw.coap, first, node_port, extra)
     };
     let _good = spawn_nodes(
         "127.45.0.1",

@@ -184,3 +184,24 @@ impl Served {
             .expect("send");
     }
 }
+
+/// `aiot node coap` simulated nodes posting to the gateway at `gateway`, from `first` on, each
+/// serving on `node_port`; `extra` adds options (`--count`, `--led`, ...).
+pub fn nodes(gateway: SocketAddr, first: &str, node_port: u16, extra: &[&str]) -> Aiot {
+    let port = gateway.port().to_string();
+    let node_port = node_port.to_string();
+    let mut args = vec![
+        "node",
+        "coap",
+        "--gateway-host",
+        "127.0.0.1",
+        "--gateway-port",
+        &port,
+        "--first-address",
+        first,
+        "--node-port",
+        &node_port,
+    ];
+    args.extend_from_slice(extra);
+    Aiot::spawn(&args)
+}
