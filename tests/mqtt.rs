@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use aiot::sim::RESOURCES as SIM_RESOURCES;
 use common::{Aiot, Peer, TIMEOUT};
 use serde_json::{Value, json};
 
@@ -122,17 +123,6 @@ impl Drop for Sub {
         let _ = self.child.wait();
     }
 }
-
-/// What `aiot node mqtt` reports, as pyaiot's `mqtt-test-node.py`.
-const SIM_RESOURCES: [&str; 7] = [
-    "name",
-    "os",
-    "ip",
-    "board",
-    "led",
-    "temperature",
-    "pressure",
-];
 
 /// The gateway's embedded broker, from its log.
 fn mqtt_addr(gateway: &Aiot) -> SocketAddr {
@@ -725,7 +715,10 @@ async fn the_gateway_talks_tls_to_mosquitto_with_the_right_ca_and_refuses_anothe
 #[tokio::test]
 async fn three_hundred_mqtt_nodes_starting_at_once_all_arrive_whole() {
     const NODES: usize = 300;
-    let wanted = ["id", "protocol"].len() + SIM_RESOURCES.len();
+    let wanted: Vec<&str> = ["id", "protocol"]
+        .into_iter()
+        .chain(SIM_RESOURCES)
+        .collect();
     let (gateway, _, web) = common::gateway(None, &[]);
     let broker = mqtt_addr(&gateway);
     gateway.wait_for_log(&["MQTT connected"], TIMEOUT);
@@ -742,25 +735,25 @@ async fn three_hundred_mqtt_nodes_starting_at_once_all_arrive_whole() {
         "--interval",
         "3600",
     ]);
-    let mut seen: std::collections::HashMap<String, std::collections::HashSet<String>> =
-        Default::default();
-    let whole = |seen: &std::collections::HashMap<String, std::collections::HashSet<String>>| {
-        seen.values().filter(|e| e.len() == wanted).count()
-    };
+    type Seen = std::collections::HashMap<String, std::collections::HashSet<String>>;
+    let mut seen = Seen::new();
+    let whole = |seen: &Seen| seen.values().filter(|e| e.len() == wanted.len()).count();
     let deadline = Instant::now() + Duration::from_secs(120);
     while whole(&seen) < NODES && Instant::now() < deadline {
         let Some(message) = client.next_json(Duration::from_secs(5)).await else {
             continue;
         };
         let endpoint = message["endpoint"].as_str().unwrap_or_default();
-        if message["type"] == "update"
-            && (SIM_RESOURCES.contains(&endpoint) || ["id", "protocol"].contains(&endpoint))
-        {
+        if message["type"] == "update" && wanted.contains(&endpoint) {
             let uid = message["uid"].as_str().expect("uid").to_owned();
             seen.entry(uid).or_default().insert(endpoint.to_owned());
         }
     }
-    let partial: Vec<_> = seen.values().filter(|e| e.len() < wanted).take(5).collect();
+    let partial: Vec<_> = seen
+        .values()
+        .filter(|e| e.len() < wanted.len())
+        .take(5)
+        .collect();
     assert_eq!(
         (seen.len(), whole(&seen)),
         (NODES, NODES),

@@ -5,3 +5,14 @@ pub mod coap;
 pub mod mqtt;
 pub mod mqttsn;
 pub mod ws;
+
+/// What the simulated MQTT and MQTT-SN nodes report, as pyaiot's `mqtt-test-node.py`.
+pub const RESOURCES: [&str; 7] = [
+    "name",
+    "os",
+    "ip",
+    "board",
+    "led",
+    "temperature",
+    "pressure",
+];

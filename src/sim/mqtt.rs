@@ -9,6 +9,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::RESOURCES;
 use crate::proto::mqtt;
 use crate::runtime::Supervisor;
 
@@ -21,15 +22,6 @@ pub struct MqttNodes {
     pub interval: Duration,
 }
 
-const RESOURCES: [&str; 7] = [
-    "name",
-    "os",
-    "ip",
-    "board",
-    "led",
-    "temperature",
-    "pressure",
-];
 const CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Starts `count` nodes under the supervisor; they run until shutdown.

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
+use super::RESOURCES;
 use crate::proto::mqtt;
 use crate::proto::mqttsn::{Flags, Message, QoS, ReturnCode, Topic};
 use crate::runtime::Supervisor;
@@ -25,15 +26,6 @@ pub struct MqttSnNodes {
     pub keep_alive: u16,
 }
 
-const RESOURCES: [&str; 7] = [
-    "name",
-    "os",
-    "ip",
-    "board",
-    "led",
-    "temperature",
-    "pressure",
-];
 const CHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// emcute's defaults: a request is retried every second... up to 3 times here.
 const RETRY: Duration = Duration::from_secs(1);
