@@ -1,63 +1,31 @@
 // Starting a real `aiot demo` for browser tests, and a websocket node the test drives itself.
 
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-import path from 'node:path';
 import WebSocket from 'ws';
+import { startAiot } from './processes.mjs';
 
-const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-export const AIOT_BIN =
-  process.env.AIOT_BIN ?? path.join(repo, 'target/x86_64-unknown-linux-gnu/debug/aiot');
+export { AIOT_BIN } from './processes.mjs';
 
 /** Runs `aiot demo` and resolves once the uplink is up, with the dashboards' URLs. */
-export function startDemo({ brokerPort = 0, gatewayPort = 0, webPort = 0, nodes = 3, coapNodes = 3, extraArgs = [] } = {}) {
-  const child = spawn(AIOT_BIN, [
+export async function startDemo({ brokerPort = 0, gatewayPort = 0, webPort = 0, nodes = 3, coapNodes = 3, extraArgs = [] } = {}) {
+  const demo = startAiot([
     'demo', '--broker-port', String(brokerPort), '--gateway-port', String(gatewayPort),
     '--web-port', String(webPort), '--nodes', String(nodes), '--coap-nodes', String(coapNodes),
     '--coap-port', '0', '--mqtt-port', '0', '--mqttsn-port', '0', '--interval', '0.5', ...extraArgs,
-  ], { env: { ...process.env, RUST_LOG: 'aiot=info', AIOT_ALLOW_ROOT: '1' }, stdio: ['ignore', 'ignore', 'pipe'] });
-  const log = [];
-  return new Promise((resolve, reject) => {
-    const addrs = {};
-    const timer = setTimeout(() => reject(new Error(`demo did not start:\n${log.join('\n')}`)), 10000);
-    let buffer = '';
-    child.stderr.setEncoding('utf8');
-    child.stderr.on('data', (chunk) => {
-      buffer += chunk;
-      const lines = buffer.split('\n');
-      buffer = lines.pop();
-      for (const line of lines) {
-        log.push(line);
-        const addr = /addr=(\S+)/.exec(line)?.[1];
-        if (addr && line.includes('listening')) {
-          if (line.includes('role="broker"')) addrs.broker = addr;
-          else if (line.includes('websocket nodes')) addrs.nodes = addr;
-          else if (line.includes('web clients')) addrs.web = addr;
-        }
-        if (line.includes('connected to broker') && addrs.broker && addrs.web && addrs.nodes) {
-          clearTimeout(timer);
-          resolve({
-            child,
-            log,
-            broker: `http://${addrs.broker}/`,
-            gateway: `http://${addrs.web}/`,
-            nodeUrl: `ws://${addrs.nodes}/node`,
-            ports: {
-              broker: Number(addrs.broker.split(':').pop()),
-              nodes: Number(addrs.nodes.split(':').pop()),
-              web: Number(addrs.web.split(':').pop()),
-            },
-            stop: () => new Promise((done) => {
-              if (child.exitCode !== null) return done(child.exitCode);
-              child.once('exit', (code) => done(code));
-              child.kill('SIGTERM');
-            }),
-          });
-        }
-      }
-    });
-    child.once('exit', (code) => reject(new Error(`demo exited ${code}:\n${log.join('\n')}`)));
-  });
+  ]);
+  const broker = await demo.listening('role="broker"');
+  const web = await demo.listening('listening for web clients');
+  const nodeAddr = await demo.listening('listening for websocket nodes');
+  await demo.waitForLog(['connected to broker']);
+  const port = (addr) => Number(addr.split(':').pop());
+  return {
+    child: demo.child,
+    log: demo.log,
+    broker: `http://${broker}/`,
+    gateway: `http://${web}/`,
+    nodeUrl: `ws://${nodeAddr}/node`,
+    ports: { broker: port(broker), nodes: port(nodeAddr), web: port(web) },
+    stop: demo.stop,
+  };
 }
 
 /** A websocket node driven by the test: it records what the gateway sends it. */

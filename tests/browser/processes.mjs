@@ -1,8 +1,13 @@
-// Single aiot processes (a broker, gateways) for browser tests that need more than `aiot demo`
-// sets up: per-gateway keys, TLS. Each process's log is kept and can be waited on.
+// aiot processes for browser tests (`aiot demo`, a broker, gateways), each with its log kept
+// and waited on; and running `aiot` commands to completion.
 
 import { spawn, spawnSync } from 'node:child_process';
-import { AIOT_BIN } from './aiot.mjs';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const AIOT_BIN =
+  process.env.AIOT_BIN ?? path.join(repo, 'target/x86_64-unknown-linux-gnu/debug/aiot');
 
 /** A gateway's flags for ephemeral ports on loopback (as tests/common's GATEWAY_ON_LOOPBACK). */
 export const GATEWAY_ON_LOOPBACK = [
