@@ -106,22 +106,15 @@ pub async fn run(
                     break ending;
                 }
             }
-            () = sleep_until(paused_until), if paused_until.is_some() => {
-                // The token refilled meanwhile pays for the message read before the pause.
-                paused_until = None;
-                if let Some(bucket) = rate.as_mut() {
-                    bucket.take();
-                }
-            }
+            () = sleep_until(paused_until), if paused_until.is_some() => paused_until = None,
             incoming = socket.recv(), if paused_until.is_none() => {
                 last_heard = tokio::time::Instant::now();
                 let text = match incoming {
                     Some(Ok(Message::Text(text))) => {
                         metrics.received(Channel::Gateway, 1);
-                        if let Some(bucket) = rate.as_mut()
-                            && !bucket.take()
-                        {
-                            paused_until = Some(last_heard + bucket.wait());
+                        let wait = rate.as_mut().map_or(Duration::ZERO, TokenBucket::spend);
+                        if !wait.is_zero() {
+                            paused_until = Some(last_heard + wait);
                             metrics.add_limit_hits(Limit::GatewayMessagesPerSec, 1);
                             if !rate_logged {
                                 rate_logged = true;

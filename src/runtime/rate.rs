@@ -40,10 +40,12 @@ impl TokenBucket {
         }
     }
 
-    /// How long until [`take`](Self::take) succeeds: zero if it would now.
-    pub fn wait(&mut self) -> Duration {
+    /// Takes a token, into debt if there is none, and says how long until the debt is paid:
+    /// zero if there was a token. For a sender that is slowed down rather than refused.
+    pub fn spend(&mut self) -> Duration {
         self.refill();
-        Duration::from_secs_f64(((1.0 - self.tokens) / self.per_sec).max(0.0))
+        self.tokens -= 1.0;
+        Duration::from_secs_f64((-self.tokens / self.per_sec).max(0.0))
     }
 }
 
@@ -55,16 +57,22 @@ mod tests {
     async fn bursts_twice_the_rate_then_refills_at_the_rate() {
         let mut bucket = TokenBucket::new(10);
         assert_eq!((0..25).filter(|_| bucket.take()).count(), 20);
-        let wait = bucket.wait();
-        assert!(
-            wait > Duration::ZERO && wait <= Duration::from_millis(100),
-            "{wait:?}"
-        );
-        tokio::time::advance(wait).await;
+        tokio::time::advance(Duration::from_millis(100)).await;
         assert!(bucket.take());
         assert!(!bucket.take());
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!(bucket.wait(), Duration::ZERO);
         assert_eq!((0..25).filter(|_| bucket.take()).count(), 20);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spending_past_the_burst_waits_one_interval_per_message() {
+        let mut bucket = TokenBucket::new(10);
+        for _ in 0..20 {
+            assert_eq!(bucket.spend(), Duration::ZERO);
+        }
+        assert_eq!(bucket.spend(), Duration::from_millis(100));
+        tokio::time::advance(Duration::from_millis(100)).await;
+        // Debt paid, no token to spare: the next message waits a whole interval again.
+        assert_eq!(bucket.spend(), Duration::from_millis(100));
     }
 }
