@@ -430,7 +430,7 @@ fn mqtt_settings(config: &Config) -> anyhow::Result<Option<gateway::GatewayMqtt>
         max_time: Duration::from_secs(config.gateway.max_time),
         subscriptions: match section.host {
             Some(_) => mqtt::nodes::Subscriptions::PerTopic,
-            None => mqtt::nodes::Subscriptions::Wildcard,
+            None => mqtt::nodes::Subscriptions::Direct,
         },
     };
     let password = match &section.password_file {
@@ -489,6 +489,7 @@ fn mqtt_settings(config: &Config) -> anyhow::Result<Option<gateway::GatewayMqtt>
             nodes,
             check_interval: mqtt::CHECK_INTERVAL,
             connected: Default::default(),
+            embedded: None,
         },
         broker,
     }))

@@ -13,7 +13,7 @@ use crate::uplink::{self, UplinkSettings, UplinkState};
 use crate::web::api::{DashboardConfig, Role};
 use crate::web::{self, socket::WsLimits};
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct GatewaySettings {
     pub limits: WsLimits,
     pub hub: HubConfig,
@@ -31,7 +31,7 @@ pub struct GatewaySettings {
 }
 
 /// The MQTT adapter, and the embedded broker it talks to (`None`: an external broker).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct GatewayMqtt {
     pub adapter: mqtt::Settings,
     pub broker: Option<mqtt::BrokerSettings>,
@@ -78,10 +78,15 @@ pub fn start(
     }
 
     if let Some(settings) = settings.mqtt {
+        let mut adapter = settings.adapter;
         if let Some(broker) = settings.broker {
-            mqtt::start_broker(supervisor, broker);
+            adapter.embedded = Some(mqtt::start_broker(
+                supervisor,
+                broker,
+                hub.metrics().clone(),
+            )?);
         }
-        mqtt::start(supervisor, hub.clone(), settings.adapter);
+        mqtt::start(supervisor, hub.clone(), adapter);
     }
 
     let uplink = match settings.uplink {

@@ -75,10 +75,12 @@ pub enum Limit {
     ClientMessagesPerSec,
     /// `mqttsn.max_clients`.
     MqttSnClients,
+    /// `mqtt.max_connections`: the embedded broker's clients.
+    MqttClients,
 }
 
 impl Limit {
-    const COUNT: usize = 11;
+    const COUNT: usize = 12;
     pub const ALL: [Limit; Limit::COUNT] = [
         Limit::Nodes,
         Limit::NodesPerGateway,
@@ -91,6 +93,7 @@ impl Limit {
         Limit::WebClients,
         Limit::ClientMessagesPerSec,
         Limit::MqttSnClients,
+        Limit::MqttClients,
     ];
 
     /// The label value, which is also the config key without its section.
@@ -107,6 +110,7 @@ impl Limit {
             Limit::WebClients => "web_max_clients",
             Limit::ClientMessagesPerSec => "web_client_messages_per_sec",
             Limit::MqttSnClients => "mqttsn_max_clients",
+            Limit::MqttClients => "mqtt_max_connections",
         }
     }
 }

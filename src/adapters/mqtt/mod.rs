@@ -6,6 +6,7 @@
 //! waits on the client's request queue (`try_*`: what does not fit is dropped and logged).
 //! It reconnects with backoff and subscribes again after every ConnAck (clean sessions).
 
+pub mod listener;
 pub mod nodes;
 pub mod tls;
 
@@ -33,9 +34,10 @@ const COMMANDS: usize = 256;
 const REQUESTS: usize = 4096;
 /// Topics per SUBSCRIBE packet when subscribing again.
 const FILTERS_PER_PACKET: usize = 64;
-/// Bytes (topics and payloads) per segment of the embedded broker's logs for `node/check` and
-/// `node/+/+`: about 370 checks, or 300 readings, per segment; two segments are kept.
-const NODE_LOG_SEGMENT: usize = 16 * 1024;
+/// Node publishes read by the embedded broker's listeners, waiting for the gateway.
+const TAP_QUEUE: usize = 1024;
+/// Connections the router takes beyond `mqtt.max_connections`.
+const ROUTER_SLACK: usize = 16;
 /// How often the gateway asks every node to check in (pyaiot: 30 s).
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(30);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -44,7 +46,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 const HEARTBEAT_SILENCE: Duration = Duration::from_secs(5);
 
 /// Where the MQTT broker is, and how to log in.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Settings {
     pub host: String,
     pub port: u16,
@@ -56,6 +58,17 @@ pub struct Settings {
     /// Notified at every ConnAck (a permit is kept if nobody waits): the gateway waits for the
     /// first one from its embedded broker before it counts as started.
     pub connected: Arc<tokio::sync::Notify>,
+    /// The embedded broker, which the gateway joins through a local link instead of TCP.
+    pub embedded: Option<Embedded>,
+}
+
+/// The embedded broker as the gateway joins it.
+#[derive(Debug)]
+pub struct Embedded {
+    /// Registers the gateway's local link (for what it publishes to nodes).
+    pub linker: listener::Linker,
+    /// What the nodes publish, handed over by the listeners.
+    pub tapped: mpsc::Receiver<(bytes::Bytes, bytes::Bytes)>,
 }
 
 /// The embedded broker's settings.
@@ -79,81 +92,94 @@ pub fn reserve(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
     Ok(listener.local_addr()?)
 }
 
-/// Starts the embedded MQTT broker: rumqttd's router on its own thread, its listeners (MQTT
-/// 3.1.1, and MQTT 5 if configured) as essential tasks on our runtime.
-pub fn start_broker(supervisor: &Supervisor, settings: BrokerSettings) {
-    // rumqttd keeps every publish in a log per subscription filter until the log is full,
-    // whether or not its subscribers have read it, and each log segment allocates room for
-    // 1024 publishes (218 B each) up front. The gateway subscribes to its nodes through two
-    // wildcard filters (`nodes::Subscriptions::Wildcard`), so two logs hold every node's
-    // traffic: sized for a burst of every node answering `gateway/check` at once, they fill
-    // within minutes and then stay the same size. Other filters (the nodes' own, on their
-    // `gateway/<id>/...` topics) get rumqttd's smallest log: only the gateway publishes there,
-    // and a node reads at once.
-    let node_log = rumqttd::SegmentConfig {
-        max_segment_size: NODE_LOG_SEGMENT,
-        max_segment_count: 2,
-    };
+/// Starts the embedded MQTT broker: rumqttd's router on its own thread, our listeners (MQTT
+/// 3.1.1, and MQTT 5 if configured) as essential tasks on the runtime (`listener.rs` says
+/// why not rumqttd's).
+pub fn start_broker(
+    supervisor: &Supervisor,
+    settings: BrokerSettings,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Embedded> {
+    // rumqttd keeps every publish in a log per subscription filter, whether or not its
+    // subscribers have read it, and each log segment allocates room for 1024 publishes
+    // (218 B each) up front. The gateway subscribes to nothing here: the listeners hand it
+    // what nodes publish (`listener::Tap`). The filters left are the nodes' own (their
+    // `gateway/<id>/...` topics), where only the gateway publishes and a node reads at once:
+    // rumqttd's smallest log does.
     let router = rumqttd::RouterConfig {
-        max_connections: settings.max_connections,
+        // The listeners refuse clients past `max_connections` themselves; the router's own
+        // limit only backs them up (a connection leaving and one arriving may overlap).
+        max_connections: settings.max_connections + ROUTER_SLACK,
         max_outgoing_packet_count: 200,
         max_segment_size: 1024,
         max_segment_count: 2,
-        custom_segment: Some(
-            [mqtt::NODE_CHECK, mqtt::NODE_TOPICS]
-                .into_iter()
-                .map(|filter| (filter.to_owned(), node_log.clone()))
-                .collect(),
-        ),
         ..Default::default()
     };
     let router_tx = rumqttd::Router::new(0, router).spawn();
-    let server = |name: &str, listen: SocketAddr| rumqttd::ServerSettings {
-        name: name.into(),
-        listen,
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections: rumqttd::ConnectionSettings {
-            connection_timeout_ms: 10_000,
-            max_payload_size: settings.max_payload,
-            max_inflight_count: 100,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
+    let linker = listener::Linker(Arc::new(
+        move |client_id: String, clean, topic_alias_max| {
+            rumqttd::local::LinkBuilder::new(&client_id, router_tx.clone())
+                .clean_session(clean)
+                .dynamic_filters(true)
+                .topic_alias_max(topic_alias_max)
+                .build()
+                .map_err(anyhow::Error::from)
         },
-    };
-    tracing::info!(role = "gateway", addr = %settings.listen, "listening for MQTT clients (embedded broker, MQTT 3.1.1)");
-    let v4 = rumqttd::Server::new(
-        server("aiot-mqtt", settings.listen),
-        router_tx.clone(),
-        rumqttd::protocol::v4::V4,
+    ));
+    let (tap, tapped) = mpsc::channel(TAP_QUEUE);
+    let shared = listener::Shared::new(
+        linker.clone(),
+        settings.max_connections,
+        settings.max_payload,
+        metrics,
+        Some(tap),
     );
-    serve(supervisor, "mqtt broker", v4);
+    let v4 = bind(settings.listen)?;
+    tracing::info!(role = "gateway", addr = %settings.listen, "listening for MQTT clients (embedded broker, MQTT 3.1.1)");
+    serve(
+        supervisor,
+        "mqtt broker",
+        v4,
+        rumqttd::protocol::v4::V4,
+        &shared,
+    );
     if let Some(listen) = settings.listen_v5 {
+        let v5 = bind(listen)?;
         // Not "MQTT clients": tests and the bench find the 3.1.1 listener by those words.
         tracing::info!(role = "gateway", addr = %listen, "listening for MQTT 5 clients (embedded broker)");
-        let v5 = rumqttd::Server::new(
-            server("aiot-mqtt5", listen),
-            router_tx,
+        serve(
+            supervisor,
+            "mqtt 5 broker",
+            v5,
             rumqttd::protocol::v5::V5,
+            &shared,
         );
-        serve(supervisor, "mqtt 5 broker", v5);
     }
+    Ok(Embedded { linker, tapped })
 }
 
-/// Runs one rumqttd listener until shutdown; its failure stops the gateway.
-fn serve<P>(supervisor: &Supervisor, name: &'static str, mut server: rumqttd::Server<P>)
-where
+fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context as _;
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot bind the MQTT broker to {addr}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(tokio::net::TcpListener::from_std(listener)?)
+}
+
+/// Runs one listener until shutdown; its failure stops the gateway.
+fn serve<P>(
+    supervisor: &Supervisor,
+    name: &'static str,
+    socket: tokio::net::TcpListener,
+    protocol: P,
+    shared: &listener::Shared,
+) where
     P: rumqttd::protocol::Protocol + Clone + Send + Sync + 'static,
 {
     let shutdown = supervisor.shutdown_token();
+    let shared = shared.clone();
     supervisor.spawn_essential(name, async move {
-        tokio::select! {
-            () = shutdown.cancelled() => Ok(()),
-            result = server.start(rumqttd::LinkType::Remote) => {
-                result.map_err(|e| anyhow::anyhow!("the embedded MQTT broker ({name}) failed: {e}"))
-            }
-        }
+        listener::serve(socket, protocol, shared, shutdown).await
     });
 }
 
@@ -189,30 +215,89 @@ pub fn start(supervisor: &Supervisor, hub: Hub, settings: Settings) {
     });
 }
 
+/// How the client loop reaches its broker.
+enum Client {
+    /// rumqttc, over TCP (or TLS): an external broker, QoS 1 both ways as pyaiot.
+    Remote(AsyncClient),
+    /// A local link into the embedded broker's router. Through TCP and rumqttc the gateway
+    /// read its nodes' traffic so much more slowly than the listeners took it in that a
+    /// burst (hundreds of nodes answering `discover` at once) overran rumqttd's log before
+    /// the gateway had read it. A local link subscribes and publishes with QoS 0, which
+    /// inside one process loses nothing.
+    Local(rumqttd::local::LinkTx),
+}
+
+impl Client {
+    fn subscribe(&mut self, filters: &[String]) -> Result<(), String> {
+        match self {
+            Client::Remote(client) => client
+                .try_subscribe_many(
+                    filters
+                        .iter()
+                        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
+                )
+                .map_err(|e| e.to_string()),
+            Client::Local(link) => filters.iter().try_for_each(|filter| {
+                link.try_subscribe(filter.clone())
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }),
+        }
+    }
+
+    fn unsubscribe(&mut self, filter: String) -> Result<(), String> {
+        match self {
+            Client::Remote(client) => client.try_unsubscribe(filter).map_err(|e| e.to_string()),
+            Client::Local(link) => link
+                .try_unsubscribe(filter)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    fn publish(&mut self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+        match self {
+            Client::Remote(client) => client
+                .try_publish(topic, QoS::AtLeastOnce, false, payload)
+                .map_err(|e| e.to_string()),
+            Client::Local(link) => link
+                .try_publish(topic, payload)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    fn disconnect(&mut self) {
+        if let Client::Remote(client) = self {
+            let _ = client.try_disconnect();
+        }
+    }
+}
+
 struct Loop {
-    client: AsyncClient,
+    client: Client,
     nodes: Nodes,
     dropped: u64,
     metrics: Arc<Metrics>,
 }
 
 impl Loop {
-    fn qos() -> QoS {
-        QoS::AtLeastOnce
-    }
-
     fn subscribe(&mut self, filters: Vec<String>) {
         for chunk in filters.chunks(FILTERS_PER_PACKET) {
-            let many = chunk
-                .iter()
-                .map(|f| rumqttc::SubscribeFilter::new(f.clone(), Self::qos()));
-            if let Err(error) = self.client.try_subscribe_many(many) {
+            if let Err(error) = self.client.subscribe(chunk) {
                 self.drop_request("subscribe", &error);
             }
         }
     }
 
-    fn drop_request(&mut self, what: &str, error: &rumqttc::ClientError) {
+    fn publish(&mut self, topic: String, payload: Vec<u8>) {
+        match self.client.publish(topic, payload) {
+            Ok(()) => self.metrics.sent(Channel::Mqtt, 1),
+            Err(error) => self.drop_request("publish", &error),
+        }
+    }
+
+    fn drop_request(&mut self, what: &str, error: &str) {
         self.dropped += 1;
         self.metrics.messages_dropped(Channel::Mqtt, 1);
         if self.dropped.is_power_of_two() {
@@ -226,17 +311,12 @@ impl Loop {
                 Action::Subscribe(filters) => self.subscribe(filters),
                 Action::Unsubscribe(filters) => {
                     for filter in filters {
-                        if let Err(error) = self.client.try_unsubscribe(filter) {
+                        if let Err(error) = self.client.unsubscribe(filter) {
                             self.drop_request("unsubscribe", &error);
                         }
                     }
                 }
-                Action::Publish { topic, payload } => {
-                    match self.client.try_publish(topic, Self::qos(), false, payload) {
-                        Ok(()) => self.metrics.sent(Channel::Mqtt, 1),
-                        Err(error) => self.drop_request("publish", &error),
-                    }
-                }
+                Action::Publish { topic, payload } => self.publish(topic, payload),
             }
         }
     }
@@ -244,7 +324,7 @@ impl Loop {
 
 async fn run(
     supervisor: &Supervisor,
-    settings: Settings,
+    mut settings: Settings,
     mut commands: mpsc::Receiver<SourceCommand>,
     mut to_hub: ToHub,
     shutdown: tokio_util::sync::CancellationToken,
@@ -252,36 +332,36 @@ async fn run(
     heartbeat: &Heartbeat,
 ) {
     let id = client_id();
-    let mut options = MqttOptions::new(id.clone(), settings.host.clone(), settings.port);
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_clean_session(true);
-    options.set_max_packet_size(1024 * 1024, mqtt::MAX_PAYLOAD + 1024);
-    if let Some((user, password)) = &settings.credentials {
-        options.set_credentials(user.clone(), password.clone());
-    }
-    if let Some(tls) = &settings.tls {
-        options.set_transport(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(tls.clone()),
-        ));
-    }
-    let (client, eventloop) = AsyncClient::new(options, REQUESTS);
-    tracing::info!(
-        broker = %format!("{}:{}", settings.host, settings.port),
-        client_id = %id,
-        tls = settings.tls.is_some(),
-        user = settings.credentials.as_ref().map_or("-", |(user, _)| user.as_str()),
-        "MQTT adapter started"
-    );
+    let (links_tx, mut links) = mpsc::channel(LINK_QUEUE);
+    let client = match settings.embedded.take() {
+        Some(Embedded { linker, tapped }) => {
+            tracing::info!(broker = "embedded (local link)", client_id = %id, "MQTT adapter started");
+            match linker.link(id.clone(), true, 0).await {
+                Ok((link_tx, link_rx, _ack)) => {
+                    supervisor.spawn(drive_local(link_rx, tapped, links_tx, shutdown.clone()));
+                    Client::Local(link_tx)
+                }
+                Err(error) => {
+                    tracing::error!(%error, "the embedded MQTT broker refused the gateway");
+                    return;
+                }
+            }
+        }
+        None => {
+            let (client, eventloop) = remote_client(&settings, &id);
+            // The event loop runs in its own task: `poll` is never cancelled half-way through
+            // a connect, and it waits only for this loop (which never waits), so TCP pushes
+            // back.
+            supervisor.spawn(drive(eventloop, links_tx, shutdown.clone()));
+            Client::Remote(client)
+        }
+    };
     let mut state = Loop {
         client,
         nodes: Nodes::new(settings.nodes.clone()),
         dropped: 0,
         metrics: metrics.clone(),
     };
-    // The event loop runs in its own task: `poll` is never cancelled half-way through a
-    // connect, and it waits only for this loop (which never waits), so TCP pushes back.
-    let (links_tx, mut links) = mpsc::channel(LINK_QUEUE);
-    supervisor.spawn(drive(eventloop, links_tx, shutdown.clone()));
     let mut connected = false;
     // The last refusal reported, so that a broker refusing every 10 s logs it once.
     let mut refused: Option<String> = None;
@@ -307,9 +387,7 @@ async fn run(
                     settings.connected.notify_one();
                     let filters = state.nodes.filters();
                     state.subscribe(filters);
-                    if let Err(error) = state.client.try_publish(mqtt::GATEWAY_CHECK, Loop::qos(), false, Vec::new()) {
-                        state.drop_request("publish", &error);
-                    }
+                    state.publish(mqtt::GATEWAY_CHECK.to_owned(), Vec::new());
                 }
                 Link::Message { topic, payload } => {
                     metrics.received(Channel::Mqtt, 1);
@@ -346,9 +424,7 @@ async fn run(
             _ = check.tick() => {
                 if connected {
                     tracing::debug!("asking MQTT nodes to check in");
-                    if let Err(error) = state.client.try_publish(mqtt::GATEWAY_CHECK, Loop::qos(), false, Vec::new()) {
-                        state.drop_request("publish", &error);
-                    }
+                    state.publish(mqtt::GATEWAY_CHECK.to_owned(), Vec::new());
                 }
             }
         }
@@ -359,8 +435,78 @@ async fn run(
             }
         }
     }
-    let _ = state.client.try_disconnect();
+    state.client.disconnect();
     tracing::debug!(nodes = state.nodes.len(), "MQTT adapter stopped");
+}
+
+/// rumqttc's client for an external broker, and its event loop.
+fn remote_client(settings: &Settings, id: &str) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut options = MqttOptions::new(id, settings.host.clone(), settings.port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_clean_session(true);
+    options.set_max_packet_size(1024 * 1024, mqtt::MAX_PAYLOAD + 1024);
+    if let Some((user, password)) = &settings.credentials {
+        options.set_credentials(user.clone(), password.clone());
+    }
+    if let Some(tls) = &settings.tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
+    tracing::info!(
+        broker = %format!("{}:{}", settings.host, settings.port),
+        client_id = %id,
+        tls = settings.tls.is_some(),
+        user = settings.credentials.as_ref().map_or("-", |(user, _)| user.as_str()),
+        "MQTT adapter started"
+    );
+    AsyncClient::new(options, REQUESTS)
+}
+
+/// Reports what nodes publish on the embedded broker (handed over by its listeners) and
+/// keeps the gateway's local link drained. The link is up from the start and stays up as
+/// long as the router runs.
+async fn drive_local(
+    mut link: rumqttd::local::LinkRx,
+    mut tapped: mpsc::Receiver<(bytes::Bytes, bytes::Bytes)>,
+    links: mpsc::Sender<Link>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    if links.send(Link::Connected).await.is_err() {
+        return;
+    }
+    loop {
+        let notification = tokio::select! {
+            () = shutdown.cancelled() => return,
+            Some((topic, payload)) = tapped.recv() => {
+                let topic = String::from_utf8_lossy(&topic).into_owned();
+                if links.send(Link::Message { topic, payload }).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            notification = link.next() => notification,
+        };
+        let message = match notification {
+            // The router waits for the link to say it has room again.
+            Ok(Some(rumqttd::Notification::Unschedule)) => match link.wake().await {
+                Ok(()) => continue,
+                Err(error) => Link::Down {
+                    error: error.to_string(),
+                    explained: Some("the embedded MQTT broker stopped".to_owned()),
+                },
+            },
+            Ok(_) => continue,
+            Err(error) => Link::Down {
+                error: error.to_string(),
+                explained: Some("the embedded MQTT broker stopped".to_owned()),
+            },
+        };
+        let down = matches!(message, Link::Down { .. });
+        if links.send(message).await.is_err() || down {
+            return;
+        }
+    }
 }
 
 /// What the event loop task reports.

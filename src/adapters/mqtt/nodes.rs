@@ -29,11 +29,12 @@ pub enum Subscriptions {
     /// each resource's topic once listed, all of them dropped when the node goes. For an
     /// external broker, which may be pyaiot's and may restrict topics by ACL.
     PerTopic,
-    /// `node/check` and [`mqtt::NODE_TOPICS`], once per connection. For the embedded rumqttd,
-    /// which keeps a log per filter (two segments, each allocating room for 1024 publishes):
-    /// per-topic filters made the gateway's memory grow with every node and resource, for as
-    /// long as their logs took to fill (over half an hour at one reading per 10 s).
-    Wildcard,
+    /// None: the embedded broker hands the gateway every publish on `node/...` as its
+    /// listeners read it (`listener.rs`). rumqttd keeps a log per filter: per-topic filters
+    /// made the gateway's memory grow with every node and resource for as long as their logs
+    /// took to fill, and a burst of nodes could overrun a shared filter's log before the
+    /// gateway had read it.
+    Direct,
 }
 
 /// What the MQTT client must do.
@@ -99,9 +100,8 @@ impl Nodes {
     /// Every filter the gateway needs, for a fresh (clean) session after a ConnAck.
     pub fn filters(&self) -> Vec<String> {
         let mut filters = vec![mqtt::NODE_CHECK.to_owned()];
-        if self.settings.subscriptions == Subscriptions::Wildcard {
-            filters.push(mqtt::NODE_TOPICS.to_owned());
-            return filters;
+        if self.settings.subscriptions == Subscriptions::Direct {
+            return Vec::new();
         }
         for (id, node) in &self.by_id {
             filters.push(mqtt::resources_topic(id));
@@ -165,7 +165,7 @@ impl Nodes {
         Ok(())
     }
 
-    /// Topics a node of ours now uses; under [`Subscriptions::Wildcard`] already covered.
+    /// Topics a node of ours now uses; under [`Subscriptions::Direct`] nothing to subscribe.
     fn subscribe(&mut self, filters: Vec<String>) {
         if self.settings.subscriptions == Subscriptions::PerTopic && !filters.is_empty() {
             self.actions.push_back(Action::Subscribe(filters));
@@ -362,13 +362,13 @@ mod tests {
         assert!(n.is_empty());
     }
 
-    /// The same flow as pyaiot's, minus every subscribe and unsubscribe: the two wildcard
-    /// filters bring everything, and the table alone decides what counts.
+    /// The same flow as pyaiot's, minus every subscribe and unsubscribe: the broker hands
+    /// over everything, and the table alone decides what counts.
     #[test]
-    fn under_wildcard_subscriptions_only_the_table_filters() {
-        let mut n = nodes_subscribing(Subscriptions::Wildcard);
+    fn with_every_node_topic_handed_over_only_the_table_filters() {
+        let mut n = nodes_subscribing(Subscriptions::Direct);
         let t0 = Instant::now();
-        assert_eq!(n.filters(), vec!["node/check", "node/+/+"]);
+        assert!(n.filters().is_empty());
         // A node that never checked in: its list and values are ignored, nothing is asked.
         n.handle("node/n2/resources", br#"["led"]"#, t0, true)
             .expect("resources");
