@@ -217,6 +217,44 @@ async fn garbage_instead_of_mqtt_is_dropped_and_the_broker_serves_on() {
     assert!(!gateway.log_text().contains("panicked"));
 }
 
+/// MQTT 5 CONNECT, clean start, keep-alive 60 s, no properties.
+fn connect_v5_packet(client_id: &str) -> Vec<u8> {
+    let mut body = Vec::new();
+    string("MQTT", &mut body);
+    body.extend_from_slice(&[5, 0x02, 0, 60, 0]);
+    string(client_id, &mut body);
+    packet(0x10, &body)
+}
+
+#[tokio::test]
+async fn server_packets_from_a_client_are_refused_on_both_ports() {
+    let (gateway, broker, web) = gateway(&[]);
+    let broker_v5 = gateway.listening("MQTT 5 clients");
+    // rumqttd's MQTT 5 decoder reaches `unreachable!()` on a CONNACK or an UNSUBACK: one
+    // such packet from a client aborted the gateway.
+    for (addr, connect) in [
+        (broker_v5, connect_v5_packet("v5")),
+        (broker, connect_packet("v311", None)),
+    ] {
+        for server_packet in [
+            &[0x20, 0x03, 0x00, 0x00, 0x00][..],
+            &[0xb0, 0x03, 0x00, 0x01, 0x00],
+        ] {
+            let mut client = RawClient::open(addr);
+            client.send(&connect);
+            assert_eq!(
+                client.read_packet().map(|(k, _)| k >> 4),
+                Some(2),
+                "CONNACK"
+            );
+            client.send(server_packet);
+            assert_eq!(client.read_packet(), None, "closed after {server_packet:?}");
+        }
+    }
+    a_node_still_gets_through(broker, web, "after-server-packets").await;
+    assert!(!gateway.log_text().contains("panicked"));
+}
+
 #[tokio::test]
 async fn clients_past_max_connections_get_connack_3_are_counted_and_others_go_on() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -116,9 +116,10 @@ pub fn start_broker(
         ..Default::default()
     };
     let router_tx = rumqttd::Router::new(0, router).spawn();
+    let gateway_tx = router_tx.clone();
     let linker = listener::Linker(Arc::new(
         move |client_id: String, clean, topic_alias_max| {
-            rumqttd::local::LinkBuilder::new(&client_id, router_tx.clone())
+            rumqttd::local::LinkBuilder::new(&client_id, gateway_tx.clone())
                 .clean_session(clean)
                 .dynamic_filters(true)
                 .topic_alias_max(topic_alias_max)
@@ -128,30 +129,37 @@ pub fn start_broker(
     ));
     let (tap, tapped) = mpsc::channel(TAP_QUEUE);
     let shared = listener::Shared::new(
-        linker.clone(),
         settings.max_connections,
         settings.max_payload,
         metrics,
         Some(tap),
     );
     let v4 = bind(settings.listen)?;
+    let (config, inner_v4) = inner_settings("rumqttd 3.1.1", &settings)?;
+    let inner = rumqttd::Server::new(config, router_tx.clone(), rumqttd::protocol::v4::V4);
+    run_inner(supervisor, "mqtt broker (rumqttd)", inner);
     tracing::info!(role = "gateway", addr = %settings.listen, "listening for MQTT clients (embedded broker, MQTT 3.1.1)");
     serve(
         supervisor,
         "mqtt broker",
         v4,
-        rumqttd::protocol::v4::V4,
+        inner_v4,
+        listener::Version::V311,
         &shared,
     );
     if let Some(listen) = settings.listen_v5 {
         let v5 = bind(listen)?;
+        let (config, inner_v5) = inner_settings("rumqttd 5", &settings)?;
+        let inner = rumqttd::Server::new(config, router_tx.clone(), rumqttd::protocol::v5::V5);
+        run_inner(supervisor, "mqtt 5 broker (rumqttd)", inner);
         // Not "MQTT clients": tests and the bench find the 3.1.1 listener by those words.
         tracing::info!(role = "gateway", addr = %listen, "listening for MQTT 5 clients (embedded broker)");
         serve(
             supervisor,
             "mqtt 5 broker",
             v5,
-            rumqttd::protocol::v5::V5,
+            inner_v5,
+            listener::Version::V5,
             &shared,
         );
     }
@@ -166,20 +174,59 @@ fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     Ok(tokio::net::TcpListener::from_std(listener)?)
 }
 
-/// Runs one listener until shutdown; its failure stops the gateway.
-fn serve<P>(
-    supervisor: &Supervisor,
-    name: &'static str,
-    socket: tokio::net::TcpListener,
-    protocol: P,
-    shared: &listener::Shared,
-) where
+/// Settings for one of rumqttd's own listeners, on a free loopback port where only the
+/// relays in `listener.rs` connect, and that port.
+fn inner_settings(
+    name: &str,
+    settings: &BrokerSettings,
+) -> anyhow::Result<(rumqttd::ServerSettings, SocketAddr)> {
+    let listen = reserve(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)))?;
+    let config = rumqttd::ServerSettings {
+        name: name.into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: rumqttd::ConnectionSettings {
+            connection_timeout_ms: listener::CONNECT_TIMEOUT.as_millis() as u16,
+            max_payload_size: settings.max_payload,
+            max_inflight_count: 100,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    Ok((config, listen))
+}
+
+/// Runs one of rumqttd's listeners until shutdown; its failure stops the gateway.
+fn run_inner<P>(supervisor: &Supervisor, name: &'static str, mut server: rumqttd::Server<P>)
+where
     P: rumqttd::protocol::Protocol + Clone + Send + Sync + 'static,
 {
     let shutdown = supervisor.shutdown_token();
+    supervisor.spawn_essential(name, async move {
+        tokio::select! {
+            () = shutdown.cancelled() => Ok(()),
+            result = server.start(rumqttd::LinkType::Remote) => {
+                result.map_err(|e| anyhow::anyhow!("the embedded MQTT broker ({name}) failed: {e}"))
+            }
+        }
+    });
+}
+
+/// Runs one of our listeners until shutdown; its failure stops the gateway.
+fn serve(
+    supervisor: &Supervisor,
+    name: &'static str,
+    socket: tokio::net::TcpListener,
+    rumqttd: SocketAddr,
+    version: listener::Version,
+    shared: &listener::Shared,
+) {
+    let shutdown = supervisor.shutdown_token();
     let shared = shared.clone();
     supervisor.spawn_essential(name, async move {
-        listener::serve(socket, protocol, shared, shutdown).await
+        listener::serve(socket, rumqttd, version, shared, shutdown).await
     });
 }
 
