@@ -338,7 +338,7 @@ async fn aiot_node_mqttsn_shows_up_with_its_seven_resources() {
     let uid = new["uid"].as_str().expect("uid").to_owned();
     let mut seen = std::collections::BTreeSet::new();
     let deadline = Instant::now() + TIMEOUT;
-    while seen.len() < 7 {
+    while seen.len() < aiot::sim::RESOURCES.len() {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(!left.is_zero(), "only {seen:?}");
         if let Some(m) = client.next_json(left).await
@@ -346,17 +346,7 @@ async fn aiot_node_mqttsn_shows_up_with_its_seven_resources() {
             && m["uid"] == uid.as_str()
         {
             let endpoint = m["endpoint"].as_str().unwrap_or_default().to_owned();
-            if [
-                "name",
-                "os",
-                "ip",
-                "board",
-                "led",
-                "temperature",
-                "pressure",
-            ]
-            .contains(&endpoint.as_str())
-            {
+            if aiot::sim::RESOURCES.contains(&endpoint.as_str()) {
                 seen.insert(endpoint);
             }
         }

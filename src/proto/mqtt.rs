@@ -7,8 +7,6 @@ use serde_json::Value;
 pub const NODE_CHECK: &str = "node/check";
 /// The gateway publishes here (empty) to ask every node for a `node/check`.
 pub const GATEWAY_CHECK: &str = "gateway/check";
-/// Every node's `resources` and value topics in one filter (ids and names have no `/`).
-pub const NODE_TOPICS: &str = "node/+/+";
 /// Largest payload read from a node; larger ones are dropped.
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 /// Longest node id and resource name accepted.

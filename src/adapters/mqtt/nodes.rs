@@ -99,10 +99,10 @@ impl Nodes {
 
     /// Every filter the gateway needs, for a fresh (clean) session after a ConnAck.
     pub fn filters(&self) -> Vec<String> {
-        let mut filters = vec![mqtt::NODE_CHECK.to_owned()];
         if self.settings.subscriptions == Subscriptions::Direct {
             return Vec::new();
         }
+        let mut filters = vec![mqtt::NODE_CHECK.to_owned()];
         for (id, node) in &self.by_id {
             filters.push(mqtt::resources_topic(id));
             filters.extend(node.resources.iter().map(|r| mqtt::value_topic(id, r)));
