@@ -30,7 +30,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,39 +37,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Limit, Metrics};
-
-/// Registers a local link with rumqttd's router (client id, clean session, topic alias
-/// maximum) and blocks the thread until the router answers: how the gateway itself joins
-/// its embedded broker. A closure, because the router's channel has a type rumqttd does not
-/// export.
-#[derive(Clone)]
-pub struct Linker(
-    #[allow(clippy::type_complexity)]
-    pub  Arc<
-        dyn Fn(String, bool, u16) -> anyhow::Result<(LinkTx, LinkRx, rumqttd::Notification)>
-            + Send
-            + Sync,
-    >,
-);
-
-impl std::fmt::Debug for Linker {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Linker(rumqttd router)")
-    }
-}
-
-impl Linker {
-    /// Registers `client_id` on the blocking pool.
-    pub async fn link(
-        &self,
-        client_id: String,
-        clean_session: bool,
-        topic_alias_max: u16,
-    ) -> anyhow::Result<(LinkTx, LinkRx, rumqttd::Notification)> {
-        let link = self.0.clone();
-        tokio::task::spawn_blocking(move || link(client_id, clean_session, topic_alias_max)).await?
-    }
-}
 
 /// What the listeners hand the gateway: every publish on `node/...`, topic and payload.
 pub type Tap = tokio::sync::mpsc::Sender<(Bytes, Bytes)>;
@@ -142,7 +108,7 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Where publishes on `node/...` go besides rumqttd. A client waits while it is full,
     /// and so reads no more: nothing is lost, however far the gateway falls behind.
-    pub tap: Option<Tap>,
+    pub tap: Tap,
     slots: Arc<Semaphore>,
     full_logged: Arc<AtomicBool>,
 }
@@ -152,7 +118,7 @@ impl Shared {
         max_connections: usize,
         max_payload: usize,
         metrics: Arc<Metrics>,
-        tap: Option<Tap>,
+        tap: Tap,
     ) -> Shared {
         Shared {
             max_payload,
@@ -415,7 +381,7 @@ async fn relay(
 
 /// What the relay tracks for the gateway's tap.
 struct Session {
-    tap: Option<Tap>,
+    tap: Tap,
     version: Version,
     max_payload: usize,
     /// What the client published on `node/...`, held for the gateway until rumqttd has
@@ -457,7 +423,7 @@ impl Session {
 
     fn watch(&mut self, kind: u8, frame: &[u8]) {
         match kind {
-            kind::PUBLISH if self.tap.is_some() && publishes_to_nodes(frame) => {
+            kind::PUBLISH if publishes_to_nodes(frame) => {
                 if let Some(message) = self.version.publish(frame, self.max_payload) {
                     self.held.push(message);
                 }
@@ -473,11 +439,9 @@ impl Session {
         if self.subscribes_pending > 0 || self.held.is_empty() {
             return;
         }
-        if let Some(tap) = &self.tap {
-            for message in self.held.drain(..) {
-                // An error means the gateway has stopped; rumqttd has it anyway.
-                let _ = tap.send(message).await;
-            }
+        for message in self.held.drain(..) {
+            // An error means the gateway has stopped; rumqttd has it anyway.
+            let _ = self.tap.send(message).await;
         }
     }
 }

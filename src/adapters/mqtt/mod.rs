@@ -63,12 +63,21 @@ pub struct Settings {
 }
 
 /// The embedded broker as the gateway joins it.
-#[derive(Debug)]
 pub struct Embedded {
-    /// Registers the gateway's local link (for what it publishes to nodes).
-    pub linker: listener::Linker,
+    /// The gateway's client id on it.
+    pub client_id: String,
+    /// The gateway's local link into the router, for what it publishes to nodes.
+    pub link: (rumqttd::local::LinkTx, rumqttd::local::LinkRx),
     /// What the nodes publish, handed over by the listeners.
     pub tapped: mpsc::Receiver<(bytes::Bytes, bytes::Bytes)>,
+}
+
+impl std::fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedded")
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The embedded broker's settings.
@@ -116,24 +125,16 @@ pub fn start_broker(
         ..Default::default()
     };
     let router_tx = rumqttd::Router::new(0, router).spawn();
-    let gateway_tx = router_tx.clone();
-    let linker = listener::Linker(Arc::new(
-        move |client_id: String, clean, topic_alias_max| {
-            rumqttd::local::LinkBuilder::new(&client_id, gateway_tx.clone())
-                .clean_session(clean)
-                .dynamic_filters(true)
-                .topic_alias_max(topic_alias_max)
-                .build()
-                .map_err(anyhow::Error::from)
-        },
-    ));
+    // Blocks for one round trip to the router's thread, once at start.
+    let client_id = client_id();
+    let (link_tx, link_rx, _ack) = rumqttd::local::LinkBuilder::new(&client_id, router_tx.clone())
+        .clean_session(true)
+        .dynamic_filters(true)
+        .build()
+        .map_err(|e| anyhow::anyhow!("the embedded MQTT broker refused the gateway: {e}"))?;
     let (tap, tapped) = mpsc::channel(TAP_QUEUE);
-    let shared = listener::Shared::new(
-        settings.max_connections,
-        settings.max_payload,
-        metrics,
-        Some(tap),
-    );
+    let shared =
+        listener::Shared::new(settings.max_connections, settings.max_payload, metrics, tap);
     let v4 = bind(settings.listen)?;
     let (config, inner_v4) = inner_settings("rumqttd 3.1.1", &settings)?;
     let inner = rumqttd::Server::new(config, router_tx.clone(), rumqttd::protocol::v4::V4);
@@ -163,7 +164,11 @@ pub fn start_broker(
             &shared,
         );
     }
-    Ok(Embedded { linker, tapped })
+    Ok(Embedded {
+        client_id,
+        link: (link_tx, link_rx),
+        tapped,
+    })
 }
 
 fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
@@ -266,11 +271,9 @@ pub fn start(supervisor: &Supervisor, hub: Hub, settings: Settings) {
 enum Client {
     /// rumqttc, over TCP (or TLS): an external broker, QoS 1 both ways as pyaiot.
     Remote(AsyncClient),
-    /// A local link into the embedded broker's router. Through TCP and rumqttc the gateway
-    /// read its nodes' traffic so much more slowly than the listeners took it in that a
-    /// burst (hundreds of nodes answering `discover` at once) overran rumqttd's log before
-    /// the gateway had read it. A local link subscribes and publishes with QoS 0, which
-    /// inside one process loses nothing.
+    /// A local link into the embedded broker's router, for what the gateway publishes to its
+    /// nodes (what they publish comes from the listeners, `listener::Tap`): no connection of
+    /// the gateway to itself, and QoS 0, which inside one process loses nothing.
     Local(rumqttd::local::LinkTx),
 }
 
@@ -378,29 +381,25 @@ async fn run(
     metrics: Arc<Metrics>,
     heartbeat: &Heartbeat,
 ) {
-    let id = client_id();
     let (links_tx, mut links) = mpsc::channel(LINK_QUEUE);
-    let client = match settings.embedded.take() {
-        Some(Embedded { linker, tapped }) => {
-            tracing::info!(broker = "embedded (local link)", client_id = %id, "MQTT adapter started");
-            match linker.link(id.clone(), true, 0).await {
-                Ok((link_tx, link_rx, _ack)) => {
-                    supervisor.spawn(drive_local(link_rx, tapped, links_tx, shutdown.clone()));
-                    Client::Local(link_tx)
-                }
-                Err(error) => {
-                    tracing::error!(%error, "the embedded MQTT broker refused the gateway");
-                    return;
-                }
-            }
+    let (id, client) = match settings.embedded.take() {
+        Some(Embedded {
+            client_id,
+            link: (link_tx, link_rx),
+            tapped,
+        }) => {
+            tracing::info!(broker = "embedded (local link)", client_id = %client_id, "MQTT adapter started");
+            supervisor.spawn(drive_local(link_rx, tapped, links_tx, shutdown.clone()));
+            (client_id, Client::Local(link_tx))
         }
         None => {
+            let id = client_id();
             let (client, eventloop) = remote_client(&settings, &id);
             // The event loop runs in its own task: `poll` is never cancelled half-way through
             // a connect, and it waits only for this loop (which never waits), so TCP pushes
             // back.
             supervisor.spawn(drive(eventloop, links_tx, shutdown.clone()));
-            Client::Remote(client)
+            (id, Client::Remote(client))
         }
     };
     let mut state = Loop {
@@ -511,8 +510,8 @@ fn remote_client(settings: &Settings, id: &str) -> (AsyncClient, rumqttc::EventL
 }
 
 /// Reports what nodes publish on the embedded broker (handed over by its listeners) and
-/// keeps the gateway's local link drained. The link is up from the start and stays up as
-/// long as the router runs.
+/// keeps the gateway's local link drained (it receives nothing but the router's own
+/// signals). The link is up from the start and stays up as long as the router runs.
 async fn drive_local(
     mut link: rumqttd::local::LinkRx,
     mut tapped: mpsc::Receiver<(bytes::Bytes, bytes::Bytes)>,
@@ -534,25 +533,21 @@ async fn drive_local(
             }
             notification = link.next() => notification,
         };
-        let message = match notification {
+        let error = match notification {
             // The router waits for the link to say it has room again.
             Ok(Some(rumqttd::Notification::Unschedule)) => match link.wake().await {
                 Ok(()) => continue,
-                Err(error) => Link::Down {
-                    error: error.to_string(),
-                    explained: Some("the embedded MQTT broker stopped".to_owned()),
-                },
+                Err(error) => error,
             },
             Ok(_) => continue,
-            Err(error) => Link::Down {
-                error: error.to_string(),
-                explained: Some("the embedded MQTT broker stopped".to_owned()),
-            },
+            Err(error) => error,
         };
-        let down = matches!(message, Link::Down { .. });
-        if links.send(message).await.is_err() || down {
-            return;
-        }
+        let down = Link::Down {
+            error: error.to_string(),
+            explained: Some("the embedded MQTT broker stopped".to_owned()),
+        };
+        let _ = links.send(down).await;
+        return;
     }
 }
 
